@@ -1,0 +1,56 @@
+"""The ``aligngpt`` command line. Each sub-package contributes its commands through ``register(app)``."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="aligngpt",
+    help="AlignGPT: score, train, chat, serve, evaluate, convert and demo.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Sub-packages that define ``register(app: typer.Typer) -> None`` in their ``cli`` module.
+_COMMAND_MODULES = (
+    "aligngpt.convert.cli",
+    "aligngpt.data.cli",
+    "aligngpt.scoring.cli",
+    "aligngpt.training.cli",
+    "aligngpt.inference.cli",
+    "aligngpt.evaluation.cli",
+    "aligngpt.toyworld.cli",
+)
+
+
+def _register_all() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # that part of the package is not written yet
+                continue
+            raise
+        module.register(app)
+
+
+@app.callback()
+def main() -> None:
+    """AlignGPT command line."""
+
+
+@app.command()
+def version() -> None:
+    """Print the installed aligngpt version."""
+    from aligngpt import __version__
+
+    typer.echo(__version__)
+
+
+_register_all()
+
+if __name__ == "__main__":
+    app()
