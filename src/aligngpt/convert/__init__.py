@@ -1,0 +1,1 @@
+"""Import of official AlignGPT / LLaVA-1.5 checkpoints."""

@@ -1,0 +1,27 @@
+"""AlignGPT model: vision tower, projector, alignment module and language model."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+from aligngpt.config import MODEL_TYPE, AlignGPTConfig
+from aligngpt.modeling.aligngpt import (
+    IGNORE_INDEX,
+    AlignGPTForConditionalGeneration,
+    AlignGPTOutput,
+    AlignGPTPreTrainedModel,
+)
+from aligngpt.modeling.alignment import AlignmentModule
+from aligngpt.modeling.projector import Projector
+
+AutoConfig.register(MODEL_TYPE, AlignGPTConfig, exist_ok=True)
+AutoModel.register(AlignGPTConfig, AlignGPTForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(AlignGPTConfig, AlignGPTForConditionalGeneration, exist_ok=True)
+
+__all__ = [
+    "AlignGPTConfig",
+    "AlignGPTForConditionalGeneration",
+    "AlignGPTOutput",
+    "AlignGPTPreTrainedModel",
+    "AlignmentModule",
+    "IGNORE_INDEX",
+    "Projector",
+]

@@ -1,0 +1,32 @@
+"""Processing: images, chat templates, tokenisation and batching."""
+
+from aligngpt.processing.image import pad_to_square, preprocess_images, to_rgb
+from aligngpt.processing.processor import AlignGPTProcessor, EncodedSample, load_image_processor
+from aligngpt.processing.templates import (
+    IMAGE_PLACEHOLDER,
+    TEMPLATES,
+    ChatTemplate,
+    Message,
+    Segment,
+    get_template,
+    normalize_messages,
+)
+from aligngpt.processing.tokenizer import apply_legacy_sentencepiece, load_tokenizer
+
+__all__ = [
+    "AlignGPTProcessor",
+    "ChatTemplate",
+    "EncodedSample",
+    "IMAGE_PLACEHOLDER",
+    "Message",
+    "Segment",
+    "TEMPLATES",
+    "apply_legacy_sentencepiece",
+    "get_template",
+    "load_image_processor",
+    "load_tokenizer",
+    "normalize_messages",
+    "pad_to_square",
+    "preprocess_images",
+    "to_rgb",
+]

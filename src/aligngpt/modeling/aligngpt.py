@@ -1,0 +1,267 @@
+"""``AlignGPTForConditionalGeneration``: vision tower -> projector -> LLM, plus the alignment token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput
+
+from aligngpt.config import AlignGPTConfig
+from aligngpt.modeling.alignment import AlignmentModule
+from aligngpt.modeling.projector import Projector
+from aligngpt.modeling.vision import build_vision_tower, encode_images
+
+IGNORE_INDEX = -100
+LOSS_POSITIONS = ("all", "supervised")
+
+
+@dataclass
+class AlignGPTOutput(ModelOutput):
+    """Causal-LM output plus the gate's decision.
+
+    ``logits`` is ``[B, L, V]`` (or ``[B, logits_to_keep, V]``); with ``loss_positions="supervised"`` it is
+    ``[n_supervised, V]``, the logits that predict each supervised label in row-major order.
+    ``alignment_weights`` is ``[B, N-1]``: the gate softmax for image rows, zeros for rows without an image; ``None``
+    when no gate ran (decode steps, stage-1 levels, or a mode without a gate).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    alignment_weights: torch.Tensor | None = None
+
+
+class AlignGPTPreTrainedModel(PreTrainedModel):
+    config: AlignGPTConfig
+    config_class = AlignGPTConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, AlignmentModule):
+            module.reset_level_embeddings()
+        elif isinstance(module, nn.Linear) and not isinstance(module, PreTrainedModel):
+            module.reset_parameters()
+
+
+class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin):
+    """AlignGPT with any HF vision encoder and any HF causal LM.
+
+    Inputs come from :class:`~aligngpt.processing.AlignGPTProcessor`: ``input_ids`` hold ``image_token_id`` at the
+    ``num_image_tokens`` image positions of each image row and ``alignment_token_id`` at its alignment slot (right
+    after BOS); both are filled here by a masked scatter, never looked up in the LLM's embedding table.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
+
+    def __init__(self, config: AlignGPTConfig):
+        super().__init__(config)
+        self.vision_tower = build_vision_tower(config)
+        self.projector = Projector(config)
+        self.alignment = AlignmentModule(config) if config.uses_alignment_token else None
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.vision_tower.requires_grad_(False)
+        self.post_init()
+
+    # --- HF plumbing -------------------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    # --- pieces of the forward pass ------------------------------------------------------------------------------
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen-tower features ``[n_images, num_image_tokens, d_vision]`` (cacheable: they never change)."""
+        return encode_images(self.vision_tower, pixel_values, self.config)
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor | None = None, vision_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Projected image tokens ``[n_images, num_image_tokens, d_text]`` from pixels or cached tower features."""
+        if vision_features is None:
+            vision_features = self.get_vision_features(pixel_values)
+        projector_dtype = next(self.projector.parameters(), vision_features).dtype
+        return self.projector(vision_features.to(projector_dtype))
+
+    def _special_masks(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean ``[B, L]`` masks of image positions and alignment slots."""
+        image_mask = input_ids == self.config.image_token_id
+        return image_mask, input_ids == self.config.alignment_token_id
+
+    def _gate_text_mask(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_mask: torch.Tensor, align_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Text positions whose embeddings the gate averages: attended, not image, not alignment, not the row's BOS."""
+        text = attention_mask.bool() & ~image_mask & ~align_mask
+        bos_id = self.config.text_config.bos_token_id
+        if bos_id is not None:
+            first = attention_mask.long().argmax(dim=1, keepdim=True)
+            is_first = torch.zeros_like(text).scatter_(1, first, True)
+            text &= ~(is_first & (input_ids == bos_id))
+        return text
+
+    def _merge_multimodal(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        vision_features: torch.Tensor | None,
+        alignment_levels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embed ``input_ids`` and scatter image features and alignment embeddings into place.
+
+        Returns ``inputs_embeds`` ``[B, L, d]`` and ``alignment_weights`` ``[B, N-1]`` (or ``None``).
+        """
+        image_mask, align_mask = self._special_masks(input_ids)
+        safe_ids = input_ids.masked_fill(image_mask | align_mask, 0)
+        text_embeds = self.get_input_embeddings()(safe_ids)
+        n_image_rows = int(image_mask.any(dim=1).sum())
+        n_align = int(align_mask.sum())
+        if n_image_rows == 0:
+            if n_align:
+                raise ValueError(f"input_ids hold {n_align} alignment slots but no image positions")
+            return text_embeds, None
+
+        if pixel_values is None and vision_features is None:
+            raise ValueError("input_ids contain image positions but neither pixel_values nor vision_features was given")
+        features = self.get_image_features(pixel_values, vision_features)
+        n_features = features.shape[0] * features.shape[1]
+        n_positions = int(image_mask.sum())
+        if n_features != n_positions or features.shape[0] != n_image_rows:
+            raise ValueError(
+                f"{features.shape[0]} images x {features.shape[1]} tokens do not fill {n_positions} image positions in "
+                f"{n_image_rows} rows (one image per sample, {self.config.num_image_tokens} positions each)"
+            )
+        embeds = text_embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(text_embeds.dtype))
+        if self.alignment is None or n_align == 0:
+            return embeds, None
+
+        image_rows = image_mask.any(dim=1)
+        if not torch.equal(align_mask.any(dim=1), image_rows) or n_align != n_image_rows:
+            raise ValueError("every image row needs exactly one alignment slot, and text-only rows none")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text_mask = self._gate_text_mask(input_ids, attention_mask, image_mask, align_mask)
+        counts = text_mask.sum(dim=1, keepdim=True).to(text_embeds.dtype)
+        text_sum = (text_embeds * text_mask.unsqueeze(-1).to(text_embeds.dtype)).sum(dim=1)
+        text_mean = (text_sum / (counts + 1e-8))[image_rows]
+        levels = alignment_levels[image_rows] if alignment_levels is not None else None
+        align_embeds, alpha = self.alignment(features.to(text_embeds.dtype), text_mean, levels)
+        embeds = embeds.masked_scatter(align_mask.unsqueeze(-1), align_embeds.to(embeds.dtype))
+        weights = None
+        if alpha is not None:
+            weights = alpha.new_zeros(input_ids.shape[0], alpha.shape[-1])
+            weights[image_rows] = alpha
+        return embeds, weights
+
+    # --- forward -----------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        alignment_levels: torch.LongTensor | None = None,
+        vision_features: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        loss_positions: str = "all",
+        **kwargs,
+    ) -> AlignGPTOutput:
+        """Multimodal causal-LM forward.
+
+        Args:
+            input_ids: ``[B, L]`` from the processor (image and alignment positions marked by their ids).
+            pixel_values: ``[n_images, 3, H, W]``, one per image row in row order.
+            attention_mask: ``[B, L]``; any padding side.
+            position_ids: ``[B, L]``; by default ``cumsum(attention_mask) - 1`` so left and right padding agree.
+            labels: ``[B, L]`` aligned with ``input_ids`` (shifted inside), ``-100`` = ignored.
+            alignment_levels: ``[B]`` level ids; when given the alignment token is ``E[level]`` (stage 1).
+            vision_features: ``[n_images, num_image_tokens, d_vision]`` cached tower outputs instead of pixels.
+            logits_to_keep: if > 0, compute logits only for the last ``logits_to_keep`` positions.
+            loss_positions: ``"all"`` returns full logits; ``"supervised"`` (training) applies the LM head only where
+                a label is supervised, which saves the ``[B, L, V]`` logits tensor.
+        """
+        if loss_positions not in LOSS_POSITIONS:
+            raise ValueError(f"loss_positions must be one of {LOSS_POSITIONS}, got {loss_positions!r}")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        alignment_weights = None
+        if inputs_embeds is None:
+            inputs_embeds, alignment_weights = self._merge_multimodal(
+                input_ids, attention_mask, pixel_values, vision_features, alignment_levels
+            )
+        if position_ids is None and attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -inputs_embeds.shape[1] :]
+
+        outputs = self.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        lm_head = self.get_output_embeddings()
+        num_items = kwargs.get("num_items_in_batch")
+        loss = None
+        if labels is not None and loss_positions == "supervised":
+            targets = labels[:, 1:]
+            supervised = targets != IGNORE_INDEX
+            logits = lm_head(hidden[:, :-1][supervised])
+            loss = _mean_cross_entropy(logits, targets[supervised], num_items)
+        else:
+            kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+            logits = lm_head(kept)
+            if labels is not None:
+                shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
+                loss = _mean_cross_entropy(shifted, labels[:, 1:].reshape(-1), num_items)
+        return AlignGPTOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache if use_cache is not False else None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            alignment_weights=alignment_weights,
+        )
+
+
+def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items: int | torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy in float32 over non-ignored targets; divided by ``num_items`` (gradient accumulation) if given.
+
+    Args:
+        logits: ``[n, V]``. targets: ``[n]`` with ``-100`` ignored.
+    """
+    if num_items is None:
+        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    if isinstance(num_items, torch.Tensor):
+        num_items = num_items.to(total.device)
+    return total / num_items

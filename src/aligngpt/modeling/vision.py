@@ -1,0 +1,52 @@
+"""Image features from any HF vision encoder: layer selection, CLS handling and optional pooling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel
+
+from aligngpt.config import AlignGPTConfig, vision_has_cls_token
+
+
+def build_vision_tower(config: AlignGPTConfig) -> nn.Module:
+    """The bare vision encoder (e.g. ``CLIPVisionModel``, ``SiglipVisionModel``) built from ``config.vision_config``."""
+    return AutoModel.from_config(config.vision_config)
+
+
+def select_image_features(hidden_states: torch.Tensor, config: AlignGPTConfig) -> torch.Tensor:
+    """Pick tokens from one encoder layer and pool the patch grid.
+
+    Args:
+        hidden_states: ``[n_images, seq, d_vision]`` output of the layer ``config.vision_feature_layer``.
+
+    Returns:
+        ``[n_images, config.num_image_tokens, d_vision]``.
+    """
+    has_cls = vision_has_cls_token(config.vision_config)
+    cls_token = hidden_states[:, :1] if has_cls else None
+    patches = hidden_states[:, 1:] if has_cls else hidden_states
+    stride = config.image_pool_stride
+    if stride > 1:
+        n, _, d = patches.shape
+        side = config.patch_grid_size
+        grid = patches.transpose(1, 2).reshape(n, d, side, side)
+        patches = F.avg_pool2d(grid, kernel_size=stride, stride=stride).flatten(2).transpose(1, 2)
+    keep_cls = config.vision_feature_select == "cls_patch" or (config.vision_feature_select == "all" and has_cls)
+    if keep_cls:
+        return torch.cat([cls_token, patches], dim=1)
+    return patches
+
+
+def encode_images(vision_tower: nn.Module, pixel_values: torch.Tensor, config: AlignGPTConfig) -> torch.Tensor:
+    """Run the tower and return the selected features ``[n_images, num_image_tokens, d_vision]``.
+
+    The tower runs without autograd when none of its parameters train (the usual, frozen case).
+    """
+    first_param = next(vision_tower.parameters())
+    trains = any(p.requires_grad for p in vision_tower.parameters()) and torch.is_grad_enabled()
+    with torch.set_grad_enabled(trains):
+        outputs = vision_tower(pixel_values.to(first_param.dtype), output_hidden_states=True)
+        layer = outputs.hidden_states[config.vision_feature_layer]
+    return select_image_features(layer, config)
