@@ -2,7 +2,7 @@
 
 Each object is drawn inside its grid cell with a little random jitter (size, offset, colour) and the background
 is a random light grey, so images of the same scene differ slightly. Drawing happens at ``SUPERSAMPLE`` times the
-final size and is then downsampled, which anti-aliases the edges.
+final size and is then box-downsampled, which anti-aliases the edges.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ CROSS_ARM_FRACTION = 0.34  # width of a cross arm relative to the object size
 
 
 def _jittered_colour(base: RGB, rng: np.random.Generator) -> RGB:
-    delta = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
-    return tuple(int(np.clip(v + d, 0, 255)) for v, d in zip(base, delta))  # type: ignore[return-value]
+    delta = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3).tolist()
+    return tuple(min(255, max(0, v + d)) for v, d in zip(base, delta))  # type: ignore[return-value]
 
 
 def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, cell: float, rng: np.random.Generator) -> None:
@@ -66,7 +66,7 @@ def render_scene(scene: Scene, rng: np.random.Generator, config: WorldConfig) ->
     cell = big / GRID_SIZE
     for obj in scene.objects:
         _draw_object(draw, obj, cell, rng)
-    return canvas.resize((config.image_size, config.image_size), Image.Resampling.LANCZOS)
+    return canvas.resize((config.image_size, config.image_size), Image.Resampling.BOX)
 
 
 def image_to_array(image: Image.Image) -> np.ndarray:
