@@ -1,3 +1,15 @@
 """AlignGPT: multi-modal LLMs with adaptive alignment capability (arXiv 2405.14129)."""
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+
+def load(*args, **kwargs):
+    """Load a model folder into an :class:`~aligngpt.inference.AlignGPTPipeline` (see :func:`aligngpt.inference.load`)."""
+    from aligngpt.inference.pipeline import load as _load
+
+    return _load(*args, **kwargs)
+
+
+__all__ = ["__version__", "load"]

@@ -123,12 +123,14 @@ def config_from_official(
 
 def convert_official(
     source: str | os.PathLike,
-    destination: str | os.PathLike,
+    destination: str | os.PathLike | None,
     vision_tower: str | os.PathLike | None = None,
     base_llm: str | os.PathLike | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[AlignGPTForConditionalGeneration, AlignGPTProcessor, list[str]]:
     """Convert an official full or stage-1 checkpoint into our format under ``destination`` (safetensors).
+
+    With ``destination=None`` nothing is written (in-memory import, as :func:`aligngpt.load` does).
 
     Returns the model, the processor and notes (parameters a stage-1 checkpoint does not hold, which keep their
     documented fresh initialisation). Missing or unexpected keys otherwise raise :class:`ConversionError` by name.
@@ -179,9 +181,9 @@ def convert_official(
 
     tokenizer_dir = source if (source / "tokenizer_config.json").is_file() else Path(base_llm or source)
     processor = AlignGPTProcessor.from_config(config, load_tokenizer(tokenizer_dir), load_image_processor(tower))
-    destination = Path(destination)
-    model.save_pretrained(destination)
-    processor.save_pretrained(destination)
+    if destination is not None:
+        model.save_pretrained(destination)
+        processor.save_pretrained(destination)
     return model, processor, notes
 
 

@@ -28,6 +28,7 @@ _CHUNK_CHARS = 1 << 22  # characters decoded per read while indexing a JSON arra
 # (longest such token: a "\uXXXX" escape or the literal "false").
 _TAIL_MARGIN = 16
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+_SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
 _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 
 
@@ -57,6 +58,7 @@ class Record:
     conversations: tuple[Message, ...]
     level: int | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    level_field: str = field(default=DEFAULT_LEVEL_FIELD, repr=False, compare=False)
 
     @property
     def has_image(self) -> bool:
@@ -96,6 +98,7 @@ class Record:
             conversations=messages,
             level=level if isinstance(level, int) and not isinstance(level, bool) else None,
             raw=raw,
+            level_field=level_field,
         )
 
 
@@ -259,22 +262,18 @@ class _ArrayIndexer:
                 return
             while True:
                 self._skip_ws()
-                self._read_element()
-                self._skip_ws()
-                ch = self._peek()
-                if ch == ",":
-                    self._advance(1)
+                sep = self._read_element()
+                if sep == ",":
                     self._skip_ws()
                     if self._peek() == "]":
                         self._fail("trailing comma before ']'")
-                elif ch == "]":
-                    self._advance(1)
+                elif sep == "]":
                     self._expect_end()
                     return
-                elif ch == "":
+                elif sep == "":
                     self._fail("file ends inside the JSON array (missing ']')")
                 else:
-                    self._fail(f"expected ',' or ']' after record {len(self.owner)}, found {ch!r}")
+                    self._fail(f"expected ',' or ']' after record {len(self.owner)}, found {sep!r}")
         finally:
             self.f.close()
 
@@ -321,7 +320,8 @@ class _ArrayIndexer:
         if self._peek() != "":
             self._fail("extra data after the closing ']'")
 
-    def _read_element(self) -> None:
+    def _read_element(self) -> str:
+        """Index the element at ``pos``, step over the separator after it and return it (``,``/``]``/other)."""
         while True:
             try:
                 _, end = self.decoder.raw_decode(self.buf, self.pos)
@@ -331,11 +331,25 @@ class _ArrayIndexer:
                     continue
                 self._fail(f"invalid JSON ({err.msg})", at=err.pos)
             break
+        buf, pos = self.buf, self.pos
+        n_bytes = end - pos if self.buf_ascii else len(buf[pos:end].encode("utf-8"))
         self.owner._offsets.append(self.byte_pos)
         self.owner._lines.append(self.line)
-        start_byte = self.byte_pos
-        self._advance(end - self.pos)
-        self.owner._lengths.append(self.byte_pos - start_byte)
+        self.owner._lengths.append(n_bytes)
+        sep = _SEPARATOR.match(buf, end)
+        if sep is not None and sep.end() < len(buf):  # fast path: separator and following blanks all in buf
+            self.line += buf.count("\n", pos, sep.end())
+            self.byte_pos += n_bytes + sep.end() - end
+            self.pos = sep.end()
+            return sep.group(1)
+        self.line += buf.count("\n", pos, end)
+        self.byte_pos += n_bytes
+        self.pos = end
+        self._skip_ws()
+        ch = self._peek()
+        if ch in (",", "]"):
+            self._advance(1)
+        return ch
 
     def _fail(self, why: str, at: int | None = None) -> None:
         """Raise a ``DataFileError`` naming the line and column of buffer position ``at`` (default: here)."""

@@ -36,11 +36,14 @@ class JudgeRequest:
     messages: tuple[tuple[str, str], ...]  # (role, content) pairs
     temperature: float
     max_tokens: int
+    nonce: int = 0  # not sent; distinguishes repeated identical requests (e.g. MM-Vet run k) in the cache
 
     @classmethod
-    def user(cls, model: str, content: str, temperature: float, max_tokens: int, system: str | None = None):
+    def user(
+        cls, model: str, content: str, temperature: float, max_tokens: int, system: str | None = None, nonce: int = 0
+    ):
         messages = ((("system", system),) if system is not None else ()) + (("user", content),)
-        return cls(model=model, messages=messages, temperature=temperature, max_tokens=max_tokens)
+        return cls(model=model, messages=messages, temperature=temperature, max_tokens=max_tokens, nonce=nonce)
 
     def messages_json(self) -> list[dict]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -54,7 +57,8 @@ class JudgeRequest:
         }
 
     def cache_key(self) -> str:
-        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode("utf-8")).hexdigest()
+        keyed = self.as_dict() | ({"nonce": self.nonce} if self.nonce else {})
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 class Judge(Protocol):

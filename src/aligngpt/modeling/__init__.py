@@ -10,6 +10,7 @@ from aligngpt.modeling.aligngpt import (
     AlignGPTPreTrainedModel,
 )
 from aligngpt.modeling.alignment import AlignmentModule
+from aligngpt.modeling.build import build_from_pretrained_parts, load_vision_tower
 from aligngpt.modeling.projector import Projector
 
 AutoConfig.register(MODEL_TYPE, AlignGPTConfig, exist_ok=True)
@@ -24,4 +25,6 @@ __all__ = [
     "AlignmentModule",
     "IGNORE_INDEX",
     "Projector",
+    "build_from_pretrained_parts",
+    "load_vision_tower",
 ]

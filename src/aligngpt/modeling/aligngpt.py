@@ -67,12 +67,20 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
 
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
 
-    def __init__(self, config: AlignGPTConfig):
+    def __init__(
+        self,
+        config: AlignGPTConfig,
+        vision_tower: nn.Module | None = None,
+        language_model: nn.Module | None = None,
+    ):
+        """Build from ``config``; pretrained ``vision_tower`` / ``language_model`` modules may be passed in."""
         super().__init__(config)
-        self.vision_tower = build_vision_tower(config)
+        self.vision_tower = vision_tower if vision_tower is not None else build_vision_tower(config)
         self.projector = Projector(config)
         self.alignment = AlignmentModule(config) if config.uses_alignment_token else None
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        if language_model is None:
+            language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = language_model
         self.vision_tower.requires_grad_(False)
         self.post_init()
 

@@ -276,17 +276,18 @@ class AlignGPTProcessor:
             images = [images]
         if len(images) != len(texts):
             raise ValueError(f"pass one image (or None) per prompt: {len(texts)} prompts, {len(images)} images")
+        real_images = [image for image in images if image is not None]
+        pixels = iter(self.preprocess_images(real_images, aspect_ratio) if real_images else [])
         samples = []
         for prompt, image in zip(texts, images):
             sample = self.encode_segments([Segment(prompt)])
             if sample.has_image != (image is not None):
                 raise ValueError(f"prompt {prompt[:40]!r}...: an image must be given exactly when it holds <image>")
+            if image is not None:
+                sample.pixel_values = next(pixels)
             samples.append(sample)
         batch = self.collate(samples, padding_side=padding_side)
         del batch["labels"]
-        real_images = [image for image in images if image is not None]
-        if real_images:
-            batch["pixel_values"] = self.preprocess_images(real_images, aspect_ratio)
         return batch
 
     def decode(self, token_ids: Sequence[int] | torch.Tensor) -> str:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from aligngpt.evaluation.io import find_file, pick_dir, read_jsonl, write_json_atomic
 from aligngpt.evaluation.items import EvalItem
-from aligngpt.evaluation.judge import Judge
+from aligngpt.evaluation.judge import CachedJudge, Judge
 
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -27,6 +27,7 @@ class Benchmark(ABC):
     Args:
         only_predicted: score only the questions that have a prediction (for ``--limit`` smoke runs); the
             official scorers require every question, so this is off by default.
+        judge_cache_dir: where GPT-judge replies are cached (default ``<out_dir>/judge_cache``).
     """
 
     name: ClassVar[str]
@@ -37,8 +38,9 @@ class Benchmark(ABC):
     judge_model: ClassVar[str | None] = None  # official judge model of GPT-judged benchmarks
     headline_key: ClassVar[str]  # the metrics.json key of the number reported in paper tables
 
-    def __init__(self, *, only_predicted: bool = False) -> None:
+    def __init__(self, *, only_predicted: bool = False, judge_cache_dir: Path | None = None) -> None:
         self.only_predicted = only_predicted
+        self.judge_cache_dir = judge_cache_dir
 
     @abstractmethod
     def load(self, data_dir: Path) -> list[EvalItem]:
@@ -50,6 +52,8 @@ class Benchmark(ABC):
         """Re-score an answer file; writes ``out_dir/metrics.json`` plus submission/per-item files."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        if self.judge_model is not None:  # cache-backed; without a judge only cached replies can be used
+            judge = CachedJudge(judge, Path(self.judge_cache_dir or out_dir / "judge_cache"))
         metrics = self._score(Path(data_dir), Path(predictions_path), out_dir, judge)
         metrics = {"benchmark": self.name, "headline": metrics.get(self.headline_key), **metrics}
         write_json_atomic(out_dir / "metrics.json", metrics)

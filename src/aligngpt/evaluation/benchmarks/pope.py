@@ -67,8 +67,8 @@ class POPE(LoaderBenchmark):
     label_dirs = ("coco",)
     headline_key = "f1_mean"
 
-    def __init__(self, *, pair_by: str = "position", only_predicted: bool = False) -> None:
-        super().__init__(only_predicted=only_predicted)
+    def __init__(self, *, pair_by: str = "position", **options) -> None:
+        super().__init__(**options)
         if pair_by not in PAIRINGS:
             raise ValueError(f"pair_by must be one of {PAIRINGS}, got {pair_by!r}")
         self.pair_by = pair_by

@@ -48,8 +48,8 @@ class ScienceQAImg(Benchmark):
     splits_files = ("ScienceQA_DATA/pid_splits.json", "pid_splits.json")
     headline_key = "img_acc"
 
-    def __init__(self, *, split: str = "test", only_predicted: bool = False) -> None:
-        super().__init__(only_predicted=only_predicted)
+    def __init__(self, *, split: str = "test", **options) -> None:
+        super().__init__(**options)
         self.split = split
 
     def load(self, data_dir: Path) -> list[EvalItem]:

@@ -1,0 +1,131 @@
+"""Modality-length-grouped sampling (SPEC §2.3) with a strict single-modality guarantee per micro-batch.
+
+Lengths follow the official convention: whitespace word count of all turns, positive for image records and
+negative for text-only ones (``modality_lengths``). The sampler yields a global index order; consecutive runs of
+``per_device_batch`` indices are the micro-batches that the (sharded) batch sampler deals to the devices.
+
+Order for one epoch (all randomness from ``numpy.random.default_rng([seed, epoch])``):
+
+1. Image and text indices are each permuted and cut into mega-batches of ``per_device_batch × world_size ×
+   grad_accum`` (one optimizer step over all devices).
+2. Inside a full mega-batch, indices are sorted by length (descending, stable) and dealt greedily into
+   ``world_size × grad_accum`` micro-batches of exactly ``per_device_batch`` items, each next index going to the
+   micro-batch with the smallest total length so far.
+3. The full mega-batches of both modalities are shuffled together.
+4. Each modality's incomplete last mega-batch is sorted by length and cut into micro-batches; its full micro-batches
+   follow (images, then text), and finally the two remainders (< ``per_device_batch`` each): image remainder, then
+   text remainder.
+
+Guarantee: every micro-batch is single-modality except at most one, the one holding both remainders. It is the
+last micro-batch when ``r_image + r_text <= per_device_batch``; otherwise it is the second-to-last and the last is
+text-only. (Making it always the last is impossible: the counts per modality fix the remainders.) This differs from
+the official sampler, whose tail of concatenated leftovers, sorted by dataset index, can mix several micro-batches.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from aligngpt.data.records import Record
+
+
+def word_count_length(record: Record | Mapping[str, Any]) -> int:
+    """Signed length of one record: ``+words`` for image records, ``-words`` for text-only (never 0).
+
+    ``words`` is the whitespace word count of all turns, at least 1 (the official code would drop 0-length records
+    from the sampler altogether).
+    """
+    if isinstance(record, Record):
+        values = [m.value for m in record.conversations]
+        has_image = record.has_image
+    else:
+        turns = record.get("conversations") or []
+        values = [t.get("value") for t in turns if isinstance(t, Mapping)]
+        has_image = record.get("image") is not None
+    words = max(1, sum(len(v.split()) for v in values if isinstance(v, str)))
+    return words if has_image else -words
+
+
+def modality_lengths(records: Iterable[Record | Mapping[str, Any]]) -> list[int]:
+    """``word_count_length`` of every record, in order (one pass)."""
+    return [word_count_length(r) for r in records]
+
+
+class ModalityLengthGroupedSampler(Sampler[int]):
+    """Deterministic (seed, epoch) sampler whose micro-batches hold one modality each (see the module docstring)."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        per_device_batch: int,
+        *,
+        world_size: int = 1,
+        grad_accum: int = 1,
+        seed: int = 0,
+    ):
+        if per_device_batch < 1 or world_size < 1 or grad_accum < 1:
+            raise ValueError("per_device_batch, world_size and grad_accum must all be >= 1")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if self.lengths.ndim != 1:
+            raise ValueError("lengths must be a flat sequence of ints")
+        zero = np.flatnonzero(self.lengths == 0)
+        if zero.size:
+            raise ValueError(
+                f"length 0 at index {int(zero[0])}: lengths must be > 0 (image) or < 0 (text-only)"
+            )
+        self.per_device_batch = per_device_batch
+        self.groups_per_step = world_size * grad_accum
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (the order changes per epoch, identically on every rank)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return int(self.lengths.size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order().tolist())
+
+    def order(self) -> np.ndarray:
+        """The index order for the current epoch, ``[len(self)]`` int64."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        mega = self.per_device_batch * self.groups_per_step
+        megabatches: list[np.ndarray] = []
+        tails: list[tuple[list[np.ndarray], np.ndarray]] = []
+        for indices in (np.flatnonzero(self.lengths > 0), np.flatnonzero(self.lengths < 0)):
+            perm = rng.permutation(indices)
+            n_full = perm.size // mega
+            megabatches += [self._balance(perm[k * mega : (k + 1) * mega]) for k in range(n_full)]
+            tails.append(self._split_leftover(perm[n_full * mega :]))
+        pieces = [megabatches[k] for k in rng.permutation(len(megabatches))]
+        pieces += [mb for full, _ in tails for mb in full]
+        pieces += [rest for _, rest in tails]
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+    def _by_length_desc(self, indices: np.ndarray) -> np.ndarray:
+        return indices[np.argsort(-np.abs(self.lengths[indices]), kind="stable")]
+
+    def _balance(self, megabatch: np.ndarray) -> np.ndarray:
+        """Deal a full mega-batch into equal-count micro-batches with balanced total length (greedy)."""
+        size, groups = self.per_device_batch, self.groups_per_step
+        chunks: list[list[int]] = [[] for _ in range(groups)]
+        heap = [(0, g) for g in range(groups)]  # (total length, micro-batch id) of micro-batches not yet full
+        for index in self._by_length_desc(megabatch).tolist():
+            total, g = heapq.heappop(heap)
+            chunks[g].append(index)
+            if len(chunks[g]) < size:
+                heapq.heappush(heap, (total + abs(int(self.lengths[index])), g))
+        return np.asarray([i for chunk in chunks for i in chunk], dtype=np.int64)
+
+    def _split_leftover(self, leftover: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        ordered = self._by_length_desc(leftover)
+        n_full = ordered.size // self.per_device_batch * self.per_device_batch
+        full = [ordered[k : k + self.per_device_batch] for k in range(0, n_full, self.per_device_batch)]
+        return full, ordered[n_full:]
