@@ -1,7 +1,7 @@
 """Safe image loading: path confinement, decompression-bomb limit, clear errors, any PIL mode to RGB.
 
-``load_image(root, relative_path)`` is the one entry point. Every failure raises a subclass of ``ImageLoadError``
-whose ``kind`` is the matching ``ProblemKind``, so callers can report or skip the record.
+``load_image(root, relative_path)`` is the one entry point. Every failure raises a subclass of
+``ImageLoadError`` whose ``kind`` is the matching ``ProblemKind``, so callers can report or skip the record.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from aligngpt.data.constants import DEFAULT_MAX_PIXELS
 from aligngpt.data.problems import ProblemKind
 
-# PIL's own default limit (about 89.5 megapixels); larger images are refused unless max_pixels is raised.
-DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_BACKGROUND = (255, 255, 255)  # what transparent pixels are composited onto
 _UINT8_MAX = 255
 _UINT16_MAX = 65535
@@ -51,26 +50,34 @@ class ImageTooLargeError(ImageLoadError):
     kind = ProblemKind.IMAGE_TOO_LARGE
 
 
-def resolve_image_path(root: str | os.PathLike[str], relative: str, *, allow_symlink_escape: bool = False) -> Path:
+def resolve_image_path(
+    root: str | os.PathLike[str], relative: str, *, allow_symlink_escape: bool = False
+) -> Path:
     """Return ``root / relative`` after checking that it stays inside ``root``.
 
-    Absolute paths (POSIX or Windows style) and any ``..`` component are refused without touching the file system.
-    The resolved path (symlinks followed) must also lie inside the resolved root unless ``allow_symlink_escape``
-    (for image folders assembled from symlinks to other disks).
+    Absolute paths (POSIX or Windows style) and any ``..`` component are refused without touching the file
+    system. The resolved path (symlinks followed) must also lie inside the resolved root unless
+    ``allow_symlink_escape`` (for image folders assembled from symlinks to other disks).
     """
     if not relative or "\x00" in relative:
         raise UnsafeImagePathError(f"image path {relative!r} is empty or contains a NUL byte")
     posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or relative.startswith(("/", "\\")):
-        raise UnsafeImagePathError(f"image path {relative!r} is absolute; it must be relative to the image root")
+        raise UnsafeImagePathError(
+            f"image path {relative!r} is absolute; it must be relative to the image root"
+        )
     if ".." in posix.parts or ".." in windows.parts:
-        raise UnsafeImagePathError(f"image path {relative!r} contains '..'; it must stay inside the image root")
+        raise UnsafeImagePathError(
+            f"image path {relative!r} contains '..'; it must stay inside the image root"
+        )
     root_path = Path(root)
     candidate = root_path / posix
     if not allow_symlink_escape:
         real_root, real = root_path.resolve(), candidate.resolve()
         if real != real_root and real_root not in real.parents:
-            raise UnsafeImagePathError(f"image path {relative!r} resolves to {real}, outside the image root {real_root}")
+            raise UnsafeImagePathError(
+                f"image path {relative!r} resolves to {real}, outside the image root {real_root}"
+            )
     return candidate
 
 
@@ -85,8 +92,8 @@ def load_image(
 ) -> Image.Image:
     """Open ``root/relative`` safely and return it as an RGB image.
 
-    ``decode=False`` reads only the header (format, size) and returns the lazily opened image unconverted — a cheap
-    existence/size check. ``max_pixels=None`` disables the size limit.
+    ``decode=False`` reads only the header (format, size) and returns the lazily opened image unconverted — a
+    cheap existence/size check. ``max_pixels=None`` disables the size limit.
     """
     path = resolve_image_path(root, relative, allow_symlink_escape=allow_symlink_escape)
     image = open_image(path, max_pixels=max_pixels)
@@ -100,7 +107,9 @@ def load_image(
     except Image.DecompressionBombError as err:
         raise ImageTooLargeError(f"image {path} is too large to decode safely: {err}") from None
     except Exception as err:  # PIL signals damage with OSError, SyntaxError, ValueError, struct.error, ...
-        raise CorruptImageError(f"image {path} is corrupt or truncated: {type(err).__name__}: {err}") from None
+        raise CorruptImageError(
+            f"image {path} is corrupt or truncated: {type(err).__name__}: {err}"
+        ) from None
 
 
 def open_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -119,7 +128,9 @@ def open_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Im
     except (PermissionError, IsADirectoryError) as err:
         raise ImageUnreadableError(f"image file {path} cannot be read: {err.strerror}") from None
     except UnidentifiedImageError:
-        raise CorruptImageError(f"image file {path} is not a recognised image (corrupt or wrong format)") from None
+        raise CorruptImageError(
+            f"image file {path} is not a recognised image (corrupt or wrong format)"
+        ) from None
     except Exception as err:
         raise CorruptImageError(f"image file {path} cannot be opened: {type(err).__name__}: {err}") from None
     width, height = image.size
@@ -134,8 +145,9 @@ def open_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Im
 def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> Image.Image:
     """Convert any PIL mode to RGB.
 
-    Transparency (alpha channel, palette or ``tRNS`` transparency) is composited onto ``background``. High bit-depth
-    modes are scaled, not clipped: ``I;16*`` by 1/257; ``I`` and ``F`` by their value range (see ``_scale_to_uint8``).
+    Transparency (alpha channel, palette or ``tRNS`` transparency) is composited onto ``background``. High
+    bit-depth modes are scaled, not clipped: ``I;16*`` by 1/257; ``I`` and ``F`` by their value range (see
+    ``_scale_to_uint8``).
     """
     mode = image.mode
     if mode == "RGB":
@@ -159,9 +171,9 @@ def _convert(image: Image.Image, mode: str, background: tuple[int, int, int]) ->
 def _scale_to_uint8(image: Image.Image) -> np.ndarray:
     """Map a single-channel high bit-depth image to uint8 ``[H, W]``.
 
-    ``I;16`` variants hold 0..65535 and are divided by 257. ``I`` (int32) and ``F`` (float32) have no fixed range:
-    values already within 0..255 are kept, int data within 0..65535 is treated as 16-bit, floats within 0..1 are
-    treated as unit range, and anything else is min-max scaled.
+    ``I;16`` variants hold 0..65535 and are divided by 257. ``I`` (int32) and ``F`` (float32) have no fixed
+    range: values already within 0..255 are kept, int data within 0..65535 is treated as 16-bit, floats within
+    0..1 are treated as unit range, and anything else is min-max scaled.
     """
     if image.mode.startswith("I;16"):
         values = np.asarray(image.convert("I"), dtype=np.float64) / _UINT16_TO_UINT8

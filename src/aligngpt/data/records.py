@@ -1,8 +1,8 @@
 """Lazy reading of LLaVA-format training data (a JSON array or JSON Lines).
 
-Opening a file makes one streaming pass that checks the JSON syntax and stores, per record, only its byte offset,
-byte length and line number (three ``array('q')``; 24 bytes per record). ``len`` and random access by index then need
-no further pass: ``records.raw(i)`` reads and parses exactly one record.
+Opening a file makes one streaming pass that checks the JSON syntax and stores, per record, only its byte
+offset, byte length and line number (three ``array('q')``; 24 bytes per record). ``len`` and random access by
+index then need no further pass: ``records.raw(i)`` reads and parses exactly one record.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from aligngpt.data.constants import DEFAULT_LEVEL_FIELD
 from aligngpt.data.problems import Problem, ProblemKind, RecordFormatError
 
-DEFAULT_LEVEL_FIELD = "similarity"
 HUMAN, GPT = "human", "gpt"
 FileFormat = Literal["json", "jsonl"]
 
@@ -48,8 +48,8 @@ class Message:
 class Record:
     """One parsed LLaVA record.
 
-    ``level`` is the alignment level when the level field holds an integer, else None (validation reports why).
-    ``raw`` is the record's JSON object as read, for copying it through unchanged.
+    ``level`` is the alignment level when the level field holds an integer, else None (validation reports
+    why). ``raw`` is the record's JSON object as read, for copying it through unchanged.
     """
 
     index: int
@@ -116,9 +116,13 @@ def _parse_conversations(conv: Any, problems: list[Problem]) -> tuple[Message, .
             continue
         role, value = turn.get("from"), turn.get("value")
         if not isinstance(role, str):
-            problems.append(Problem(ProblemKind.MALFORMED, f"turn {t}: 'from' must be a string, got {role!r}"))
+            problems.append(
+                Problem(ProblemKind.MALFORMED, f"turn {t}: 'from' must be a string, got {role!r}")
+            )
         if not isinstance(value, str):
-            problems.append(Problem(ProblemKind.MALFORMED, f"turn {t}: 'value' must be a string, got {value!r}"))
+            problems.append(
+                Problem(ProblemKind.MALFORMED, f"turn {t}: 'value' must be a string, got {value!r}")
+            )
         if isinstance(role, str) and isinstance(value, str):
             out.append(Message(role, value))
     return tuple(out)
@@ -142,8 +146,9 @@ def detect_format(path: Path) -> FileFormat:
 class RecordFile(Sequence[Record]):
     """A LLaVA-format data file with lazy, random access to its records.
 
-    ``records[i]`` parses record ``i`` into a ``Record`` (raising ``RecordFormatError`` for a wrongly shaped one);
-    ``records.raw(i)`` gives its JSON value. Safe to pickle into DataLoader workers (file handles are per process).
+    ``records[i]`` parses record ``i`` into a ``Record`` (raising ``RecordFormatError`` for a wrongly shaped
+    one); ``records.raw(i)`` gives its JSON value. Safe to pickle into DataLoader workers (file handles are
+    per process).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, level_field: str = DEFAULT_LEVEL_FIELD):
@@ -205,7 +210,7 @@ class RecordFile(Sequence[Record]):
             raise IndexError(f"record index {index} out of range for {self.path} ({n} records)")
         return index % n if n else index
 
-    # -- indexing passes ------------------------------------------------------------------------------------------
+    # -- indexing passes ----------------------------------------------------------------------------
 
     def _index_jsonl(self) -> None:
         offset = 0  # byte offset of the current line
@@ -321,12 +326,14 @@ class _ArrayIndexer:
             self._fail("extra data after the closing ']'")
 
     def _read_element(self) -> str:
-        """Index the element at ``pos``, step over the separator after it and return it (``,``/``]``/other)."""
+        """Index the element at ``pos``, step over the separator after it and return that separator."""
         while True:
             try:
                 _, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as err:
-                maybe_truncated = err.pos >= len(self.buf) - _TAIL_MARGIN or err.msg.startswith("Unterminated")
+                maybe_truncated = err.pos >= len(self.buf) - _TAIL_MARGIN or err.msg.startswith(
+                    "Unterminated"
+                )
                 if maybe_truncated and self._read_more():
                     continue
                 self._fail(f"invalid JSON ({err.msg})", at=err.pos)
@@ -356,14 +363,11 @@ class _ArrayIndexer:
         at = self.pos if at is None else at
         prefix = self.buf[self.pos : at] if at >= self.pos else ""
         line = self.line + prefix.count("\n")
-        if "\n" in prefix:
-            col = len(prefix) - prefix.rfind("\n")
-        else:
-            col = self._column_here() + len(prefix)
+        col = len(prefix) - prefix.rfind("\n") if "\n" in prefix else self._column_here() + len(prefix)
         raise DataFileError(f"{self.owner.path}: line {line}, column {col}: {why}") from None
 
     def _column_here(self) -> int:
-        """1-based column (in characters) of ``buf[pos]``, reading back into the file if the line starts earlier."""
+        """1-based column (in characters) of ``buf[pos]``, reading back into the file if needed."""
         nl = self.buf.rfind("\n", 0, self.pos)
         if nl >= 0:
             return self.pos - nl

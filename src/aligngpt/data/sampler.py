@@ -1,25 +1,26 @@
 """Modality-length-grouped sampling (SPEC §2.3) with a strict single-modality guarantee per micro-batch.
 
 Lengths follow the official convention: whitespace word count of all turns, positive for image records and
-negative for text-only ones (``modality_lengths``). The sampler yields a global index order; consecutive runs of
-``per_device_batch`` indices are the micro-batches that the (sharded) batch sampler deals to the devices.
+negative for text-only ones (``modality_lengths``). The sampler yields a global index order; consecutive runs
+of ``per_device_batch`` indices are the micro-batches that the (sharded) batch sampler deals to the devices.
 
 Order for one epoch (all randomness from ``numpy.random.default_rng([seed, epoch])``):
 
 1. Image and text indices are each permuted and cut into mega-batches of ``per_device_batch × world_size ×
    grad_accum`` (one optimizer step over all devices).
 2. Inside a full mega-batch, indices are sorted by length (descending, stable) and dealt greedily into
-   ``world_size × grad_accum`` micro-batches of exactly ``per_device_batch`` items, each next index going to the
-   micro-batch with the smallest total length so far.
+   ``world_size × grad_accum`` micro-batches of exactly ``per_device_batch`` items, each next index going to
+   the micro-batch with the smallest total length so far.
 3. The full mega-batches of both modalities are shuffled together.
-4. Each modality's incomplete last mega-batch is sorted by length and cut into micro-batches; its full micro-batches
-   follow (images, then text), and finally the two remainders (< ``per_device_batch`` each): image remainder, then
-   text remainder.
+4. Each modality's incomplete last mega-batch is sorted by length and cut into micro-batches; its full
+   micro-batches follow (images, then text), and finally the two remainders (< ``per_device_batch`` each):
+   image remainder, then text remainder.
 
 Guarantee: every micro-batch is single-modality except at most one, the one holding both remainders. It is the
-last micro-batch when ``r_image + r_text <= per_device_batch``; otherwise it is the second-to-last and the last is
-text-only. (Making it always the last is impossible: the counts per modality fix the remainders.) This differs from
-the official sampler, whose tail of concatenated leftovers, sorted by dataset index, can mix several micro-batches.
+last micro-batch when ``r_image + r_text <= per_device_batch``; otherwise it is the second-to-last and the
+last is text-only. (Making it always the last is impossible: the counts per modality fix the remainders.) This
+differs from the official sampler, whose tail of concatenated leftovers, sorted by dataset index, can mix
+several micro-batches.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from aligngpt.data.records import Record
 def word_count_length(record: Record | Mapping[str, Any]) -> int:
     """Signed length of one record: ``+words`` for image records, ``-words`` for text-only (never 0).
 
-    ``words`` is the whitespace word count of all turns, at least 1 (the official code would drop 0-length records
-    from the sampler altogether).
+    ``words`` is the whitespace word count of all turns, at least 1 (the official code would drop 0-length
+    records from the sampler altogether).
     """
     if isinstance(record, Record):
         values = [m.value for m in record.conversations]
@@ -57,7 +58,7 @@ def modality_lengths(records: Iterable[Record | Mapping[str, Any]]) -> list[int]
 
 
 class ModalityLengthGroupedSampler(Sampler[int]):
-    """Deterministic (seed, epoch) sampler whose micro-batches hold one modality each (see the module docstring)."""
+    """Deterministic (seed, epoch) sampler of single-modality micro-batches (see the module docstring)."""
 
     def __init__(
         self,

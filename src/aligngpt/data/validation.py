@@ -3,8 +3,8 @@
 Two ways to use it:
 
 * one shot over a file: ``validate_records(records, validator, on_bad_record=..., report_path=...)``;
-* lazily, one record at a time (what a training dataset does): ``BadRecordPolicy(validator, ...).admit(records, i)``
-  returns the parsed ``Record`` or ``None`` (skipped), or raises ``BadRecordError``.
+* lazily, one record at a time (what a training dataset does): ``BadRecordPolicy(validator,
+  ...).admit(records, i)`` returns the parsed ``Record`` or ``None`` (skipped), or raises ``BadRecordError``.
 
 Every problem message names the file, line, record index and id.
 """
@@ -22,16 +22,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aligngpt.data.atomic import atomic_write
-from aligngpt.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from aligngpt.data.constants import DEFAULT_MAX_PIXELS, DEFAULT_NUM_LEVELS, IMAGE_TOKEN, ON_BAD_RECORD, STAGES
+from aligngpt.data.images import ImageLoadError, load_image
 from aligngpt.data.problems import Problem, ProblemKind, RecordFormatError
 from aligngpt.data.records import GPT, HUMAN, Record, RecordFile
 
 Stage = Literal["pretrain", "finetune"]
 OnBadRecord = Literal["error", "skip"]
-STAGES: tuple[str, ...] = ("pretrain", "finetune")
-ON_BAD_RECORD: tuple[str, ...] = ("error", "skip")
-DEFAULT_NUM_LEVELS = 8
-IMAGE_TOKEN = "<image>"
 _POOL_CHUNK = 32
 
 
@@ -39,10 +36,11 @@ _POOL_CHUNK = 32
 class ValidationConfig:
     """What to check.
 
-    ``image_root=None`` skips the image-file checks. ``stage="pretrain"`` requires a level on every record and no
-    text-only records (SPEC §9 item 9). ``length_of(record)`` (e.g. from the processor) gives the token length after
-    image expansion; records longer than ``model_max_length`` are reported, and an exception raised by
-    ``length_of`` (e.g. a loss mask that cannot be built, SPEC §9 item 26) is reported as ``length_error``.
+    ``image_root=None`` skips the image-file checks. ``stage="pretrain"`` requires a level on every record and
+    no text-only records (SPEC §9 item 9). ``length_of(record)`` (e.g. from the processor) gives the token
+    length after image expansion; records longer than ``model_max_length`` are reported, and an exception
+    raised by ``length_of`` (e.g. a loss mask that cannot be built, SPEC §9 item 26) is reported as
+    ``length_error``.
     """
 
     image_root: Path | None = None
@@ -118,7 +116,8 @@ class RecordValidator:
         return problems
 
     def check_index(self, records: RecordFile, index: int) -> tuple[Record | None, RecordReport | None]:
-        """Parse and check record ``index`` of ``records``; returns ``(record, None)`` or ``(maybe record, report)``."""
+        """Parse and check record ``index`` of ``records``; returns ``(record, None)`` or ``(maybe record,
+        report)``."""
         raw = records.raw(index)
         record: Record | None = None
         try:
@@ -138,7 +137,7 @@ class RecordValidator:
         )
         return record, report
 
-    # -- individual checks ----------------------------------------------------------------------------------------
+    # -- individual checks --------------------------------------------------------------------------
 
     def _check_conversation(self, record: Record) -> list[Problem]:
         turns = record.conversations
@@ -157,10 +156,14 @@ class RecordValidator:
                 )
                 break
         if turns[-1].role == HUMAN:
-            problems.append(Problem(ProblemKind.BAD_ROLES, "last turn is from 'human'; there is no answer to learn"))
+            problems.append(
+                Problem(ProblemKind.BAD_ROLES, "last turn is from 'human'; there is no answer to learn")
+            )
         for t, message in enumerate(turns):
             if not message.value.strip():
-                problems.append(Problem(ProblemKind.EMPTY_VALUE, f"turn {t} ({message.role}) has an empty value"))
+                problems.append(
+                    Problem(ProblemKind.EMPTY_VALUE, f"turn {t} ({message.role}) has an empty value")
+                )
         return problems
 
     def _check_image_tokens(self, record: Record) -> list[Problem]:
@@ -170,22 +173,42 @@ class RecordValidator:
         if not record.has_image:
             if total:
                 return [
-                    Problem(ProblemKind.IMAGE_TOKEN_IN_TEXT_ONLY, f"text-only record contains {total} × {token}")
+                    Problem(
+                        ProblemKind.IMAGE_TOKEN_IN_TEXT_ONLY, f"text-only record contains {total} × {token}"
+                    )
                 ]
-            return [] if self.config.stage != "pretrain" else [
-                Problem(ProblemKind.TEXT_ONLY_IN_PRETRAIN, "pre-training data must have an image in every record")
-            ]
+            return (
+                []
+                if self.config.stage != "pretrain"
+                else [
+                    Problem(
+                        ProblemKind.TEXT_ONLY_IN_PRETRAIN,
+                        "pre-training data must have an image in every record",
+                    )
+                ]
+            )
         problems = []
         if total == 0:
-            problems.append(Problem(ProblemKind.NO_IMAGE_TOKEN, f"record has an image but no {token} in its turns"))
+            problems.append(
+                Problem(ProblemKind.NO_IMAGE_TOKEN, f"record has an image but no {token} in its turns")
+            )
         elif total > 1:
             problems.append(
-                Problem(ProblemKind.MULTIPLE_IMAGE_TOKENS, f"{token} appears {total} times; exactly one is supported")
+                Problem(
+                    ProblemKind.MULTIPLE_IMAGE_TOKENS,
+                    f"{token} appears {total} times; exactly one is supported",
+                )
             )
-        answer_turns = [t for t, (m, c) in enumerate(zip(record.conversations, counts, strict=True)) if c and m.role == GPT]
+        answer_turns = [
+            t
+            for t, (m, c) in enumerate(zip(record.conversations, counts, strict=True))
+            if c and m.role == GPT
+        ]
         if answer_turns:
             problems.append(
-                Problem(ProblemKind.IMAGE_TOKEN_IN_ANSWER, f"{token} appears in answer turn(s) {answer_turns}")
+                Problem(
+                    ProblemKind.IMAGE_TOKEN_IN_ANSWER, f"{token} appears in answer turn(s) {answer_turns}"
+                )
             )
         return problems
 
@@ -229,7 +252,11 @@ class RecordValidator:
         try:
             length = cfg.length_of(record)
         except Exception as err:
-            return [Problem(ProblemKind.LENGTH_ERROR, f"cannot compute the token length: {type(err).__name__}: {err}")]
+            return [
+                Problem(
+                    ProblemKind.LENGTH_ERROR, f"cannot compute the token length: {type(err).__name__}: {err}"
+                )
+            ]
         if length > cfg.model_max_length:
             return [
                 Problem(
@@ -243,10 +270,10 @@ class RecordValidator:
 class BadRecordPolicy:
     """Lazy, per-record application of ``on_bad_record`` (for datasets that check records as they load them).
 
-    ``admit(records, i)`` returns the parsed record when it is good. A bad record raises ``BadRecordError`` under
-    "error"; under "skip" it is counted, appended to ``report_path`` (one JSON line, written with a single
-    ``O_APPEND`` write so DataLoader workers can share the file) and ``None`` is returned. Each index is reported
-    once per process.
+    ``admit(records, i)`` returns the parsed record when it is good. A bad record raises ``BadRecordError``
+    under "error"; under "skip" it is counted, appended to ``report_path`` (one JSON line, written with a
+    single ``O_APPEND`` write so DataLoader workers can share the file) and ``None`` is returned. Each index
+    is reported once per process.
     """
 
     def __init__(
@@ -256,7 +283,9 @@ class BadRecordPolicy:
         report_path: str | os.PathLike[str] | None = None,
     ):
         if on_bad_record not in ON_BAD_RECORD:
-            raise ValueError(f"on_bad_record must be one of {', '.join(ON_BAD_RECORD)}, got {on_bad_record!r}")
+            raise ValueError(
+                f"on_bad_record must be one of {', '.join(ON_BAD_RECORD)}, got {on_bad_record!r}"
+            )
         self.validator = validator
         self.on_bad_record = on_bad_record
         self.report_path = Path(report_path) if report_path is not None else None
@@ -288,7 +317,7 @@ class BadRecordPolicy:
 
 @dataclass
 class ValidationResult:
-    """Outcome of a one-shot pass: good indices (in order), the bad records' reports, counts per problem kind."""
+    """Outcome of a one-shot pass: good indices (in order), bad records' reports, counts per problem kind."""
 
     total: int
     good_indices: array = field(default_factory=lambda: array("q"))
@@ -317,9 +346,9 @@ def validate_records(
 ) -> ValidationResult:
     """Check every record once.
 
-    "error" raises ``BadRecordError`` at the first bad record (in file order); "skip" collects all of them, calls
-    ``on_bad`` for each as it is found and writes the JSONL report atomically at the end. ``workers > 0`` checks
-    records in that many processes (the validator must be picklable; results stay in file order).
+    "error" raises ``BadRecordError`` at the first bad record (in file order); "skip" collects all of them,
+    calls ``on_bad`` for each as it is found and writes the JSONL report atomically at the end. ``workers >
+    0`` checks records in that many processes (the validator must be picklable; results stay in file order).
     """
     if on_bad_record not in ON_BAD_RECORD:
         raise ValueError(f"on_bad_record must be one of {', '.join(ON_BAD_RECORD)}, got {on_bad_record!r}")
@@ -357,14 +386,18 @@ def _checked(
 ) -> Iterator[tuple[int, RecordReport | None]]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(records), desc="checking records", unit="rec", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(records), desc="checking records", unit="rec", disable=not progress, dynamic_ncols=True
+    )
     try:
         if workers <= 0:
             for index in range(len(records)):
                 yield index, validator.check_index(records, index)[1]
                 bar.update()
             return
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        ctx = multiprocessing.get_context(
+            "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        )
         with ctx.Pool(workers, initializer=_init_worker, initargs=(records, validator)) as pool:
             for item in pool.imap(_check_in_worker, range(len(records)), chunksize=_POOL_CHUNK):
                 yield item

@@ -61,8 +61,12 @@ def evaluate(
         names = [canonical_name(n) for n in benchmark.split(",") if n.strip()]
     except UnknownBenchmarkError as err:
         raise _fail(str(err), EXIT_USAGE) from err
-    from aligngpt.evaluation.runner import run_evaluation
-
+    try:
+        from aligngpt.evaluation.runner import run_evaluation
+    except ModuleNotFoundError as err:
+        if err.name != "aligngpt.evaluation.runner":
+            raise
+        raise _fail("generation is not available in this install (aligngpt.evaluation.runner is missing)") from err
     run_evaluation(model=model, benchmarks=names, data_dir=data_dir, out_dir=out, batch_size=batch_size, limit=limit)
 
 

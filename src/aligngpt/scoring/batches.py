@@ -1,7 +1,7 @@
-"""Batch preparation for scoring, run inside DataLoader workers: read records, load images, preprocess, tokenize.
+"""Batch preparation for scoring, inside DataLoader workers: read records, load images, preprocess, tokenize.
 
-Each item is a whole fixed batch (``batch_size=None`` in the DataLoader), so batch composition never depends on
-the number of workers or on which batches a resumed run still has to do.
+Each item is a whole fixed batch (``batch_size=None`` in the DataLoader), so batch composition never depends
+on the number of workers or on which batches a resumed run still has to do.
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ class ScoringBatches(Dataset):
             return self._report(index, raw, err.problems)
         caption = caption_of(record)
         if caption is None:
-            return self._report(index, raw, [Problem(ProblemKind.MISSING_CAPTION, "no non-empty 'gpt' turn to score")])
+            return self._report(
+                index, raw, [Problem(ProblemKind.MISSING_CAPTION, "no non-empty 'gpt' turn to score")]
+            )
         assert record.image is not None
         try:
             image = load_image(

@@ -1,9 +1,10 @@
 """Equal-count bucketing of scores into N alignment levels by rank.
 
-Rule: sort ascending by ``(score, position)`` — ties go to the record that comes first in the file — giving each
-score a rank ``r`` in ``0..M-1``; its level is ``floor(r * N / M)``. Level 0 holds the lowest scores, N-1 the
-highest. When N does not divide M, level ``k`` holds ``ceil((k+1)M/N) - ceil(kM/N)`` scores, so sizes differ by at
-most one and the larger levels are spread evenly (not all at the top or bottom). With M < N some levels are empty.
+Rule: sort ascending by ``(score, position)`` — ties go to the record that comes first in the file — giving
+each score a rank ``r`` in ``0..M-1``; its level is ``floor(r * N / M)``. Level 0 holds the lowest scores, N-1
+the highest. When N does not divide M, level ``k`` holds ``ceil((k+1)M/N) - ceil(kM/N)`` scores, so sizes
+differ by at most one and the larger levels are spread evenly (not all at the top or bottom). With M < N some
+levels are empty.
 """
 
 from __future__ import annotations

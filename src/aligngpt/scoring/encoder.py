@@ -31,7 +31,7 @@ def resolve_device_dtype(device: str | None, dtype: str) -> tuple[torch.device, 
 
 
 def _features(output: Any) -> torch.Tensor:
-    """``get_*_features`` returns a tensor (transformers 4.x) or an output whose ``pooler_output`` is projected."""
+    """Features from ``get_*_features``: a tensor (transformers 4.x) or ``.pooler_output`` (5.x)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
@@ -83,10 +83,14 @@ def limit_aspect_ratio(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) 
 class DualEncoder:
     """Image/text dual encoder + its tokenizer and (PIL) image processor."""
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, model: Any, tokenizer: Any, image_processor: Any, device: torch.device, dtype: torch.dtype
+    ):
         for method in ("get_image_features", "get_text_features"):
             if not hasattr(model, method):
-                raise TypeError(f"{type(model).__name__} has no {method}(); a CLIP-style dual encoder is needed")
+                raise TypeError(
+                    f"{type(model).__name__} has no {method}(); a CLIP-style dual encoder is needed"
+                )
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = device, dtype
         text_config = getattr(model.config, "text_config", model.config)
@@ -110,7 +114,7 @@ class DualEncoder:
 
     @torch.inference_mode()
     def similarity(self, pixel_values: torch.Tensor, text_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cosine similarity of matching pairs: ``pixel_values [B,3,H,W]``, text ``[B,T]`` -> ``[B]`` float32."""
+        """Cosine similarity of matching pairs: ``pixel_values [B,3,H,W]``, text ``[B,T]`` -> ``[B]`` fp32."""
         pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
         text_inputs = {k: v.to(self.device, non_blocking=True) for k, v in text_inputs.items()}
         image = _features(self.model.get_image_features(pixel_values=pixel_values)).float()

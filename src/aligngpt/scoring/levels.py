@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from aligngpt.data.records import DEFAULT_LEVEL_FIELD, RecordFile
+from aligngpt.data.constants import DEFAULT_LEVEL_FIELD, DEFAULT_SCORE_FIELD
+from aligngpt.data.records import RecordFile
 from aligngpt.scoring.bucketing import assign_levels
-from aligngpt.scoring.output import DEFAULT_SCORE_FIELD, read_scores, write_leveled_copy
+from aligngpt.scoring.output import read_scores, write_leveled_copy
 from aligngpt.scoring.summary import LevelSummary
 
 
@@ -32,7 +33,7 @@ def relevel(
     score_field: str = DEFAULT_SCORE_FIELD,
     progress: bool = True,
 ) -> RelevelResult:
-    """Write ``out``: ``scored`` with ``level_field`` recomputed from ``score_field`` into ``num_levels`` levels.
+    """Write ``out``: ``scored`` with ``level_field`` recomputed from ``score_field`` into N levels.
 
     Records without a score (text-only) are copied through unchanged.
     """

@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from aligngpt.data.atomic import atomic_write
+from aligngpt.data.constants import DEFAULT_SCORE_FIELD
 from aligngpt.data.records import RecordFile
-
-DEFAULT_SCORE_FIELD = "clip_score"
 
 
 def write_leveled_copy(
@@ -25,8 +24,8 @@ def write_leveled_copy(
 ) -> int:
     """Copy ``records`` to ``out`` with ``levels``/``scores`` written into the scored records.
 
-    Records without a score are copied byte for byte; records in ``drop`` are left out. The output has the input's
-    format (JSON array or JSONL). Returns the number of records written.
+    Records without a score are copied byte for byte; records in ``drop`` are left out. The output has the
+    input's format (JSON array or JSONL). Returns the number of records written.
     """
     from tqdm.auto import tqdm
 
@@ -35,7 +34,9 @@ def write_leveled_copy(
     with atomic_write(out, "wb") as f:
         json_array = records.format == "json"
         f.write(b"[\n" if json_array else b"")
-        for index in tqdm(range(len(records)), desc="writing", unit="rec", disable=not progress, dynamic_ncols=True):
+        for index in tqdm(
+            range(len(records)), desc="writing", unit="rec", disable=not progress, dynamic_ncols=True
+        ):
             if index in drop:
                 continue
             if index in scores:
@@ -56,7 +57,7 @@ def write_leveled_copy(
 
 
 def read_scores(records: RecordFile, score_field: str = DEFAULT_SCORE_FIELD) -> dict[int, float]:
-    """``{index: score}`` for every record carrying a numeric ``score_field`` (e.g. the output of ``score``)."""
+    """``{index: score}`` for every record with a numeric ``score_field`` (e.g. the output of ``score``)."""
     scores: dict[int, float] = {}
     for index in range(len(records)):
         obj = records.raw(index)
@@ -64,7 +65,9 @@ def read_scores(records: RecordFile, score_field: str = DEFAULT_SCORE_FIELD) -> 
             continue
         value = obj[score_field]
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(f"{records.location(index)}: record {index}: {score_field!r} is {value!r}, not a number")
+            raise ValueError(
+                f"{records.location(index)}: record {index}: {score_field!r} is {value!r}, not a number"
+            )
         scores[index] = float(value)
     return scores
 

@@ -1,30 +1,36 @@
 """``aligngpt score`` as a function: CLIP similarity of every image–caption pair, then levels by rank.
 
 Flow: find the image records -> cut them into fixed batches -> skip the batches already in the score log ->
-prepare the rest in DataLoader workers while the model runs in the main process -> append each batch's scores to
-the log (fsynced) -> bucket all scores -> write the output copy atomically -> write the summary -> delete the log.
+prepare the rest in DataLoader workers while the model runs in the main process -> append each batch's scores
+to the log (fsynced) -> bucket all scores -> write the output copy atomically -> write the summary -> delete
+the log.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aligngpt.data.atomic import atomic_write
-from aligngpt.data.images import DEFAULT_MAX_PIXELS
-from aligngpt.data.records import DEFAULT_LEVEL_FIELD, RecordFile
-from aligngpt.data.validation import DEFAULT_NUM_LEVELS, ON_BAD_RECORD, BadRecordError, OnBadRecord
+from aligngpt.data.constants import (
+    DEFAULT_LEVEL_FIELD,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_NUM_LEVELS,
+    DEFAULT_SCORE_BATCH_SIZE,
+    DEFAULT_SCORE_FIELD,
+    DEFAULT_SCORE_WORKERS,
+    ON_BAD_RECORD,
+)
+from aligngpt.data.records import RecordFile
+from aligngpt.data.validation import BadRecordError, OnBadRecord
 from aligngpt.scoring.bucketing import assign_levels
-from aligngpt.scoring.output import DEFAULT_SCORE_FIELD, sidecar, write_leveled_copy
+from aligngpt.scoring.output import sidecar, write_leveled_copy
 from aligngpt.scoring.score_log import BatchScores, ScoreLog
 from aligngpt.scoring.summary import LevelSummary
 
 LOG_FORMAT = "aligngpt-clip-scores/1"
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_WORKERS = min(4, max(1, (os.cpu_count() or 1) - 1))
 
 
 @dataclass
@@ -36,10 +42,10 @@ class ScoreConfig:
     clip: str
     out: Path
     num_levels: int = DEFAULT_NUM_LEVELS
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int = DEFAULT_SCORE_BATCH_SIZE
     level_field: str = DEFAULT_LEVEL_FIELD
     score_field: str = DEFAULT_SCORE_FIELD
-    workers: int = DEFAULT_WORKERS
+    workers: int = DEFAULT_SCORE_WORKERS
     device: str | None = None
     dtype: str = "auto"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -77,15 +83,19 @@ class ScoreResult:
 def image_record_indices(records: RecordFile) -> list[int]:
     """Indices of records with an ``image`` entry (malformed ones included: they are reported when loaded)."""
     return [
-        i for i in range(len(records)) if isinstance(obj := records.raw(i), dict) and obj.get("image") is not None
+        i
+        for i in range(len(records))
+        if isinstance(obj := records.raw(i), dict) and obj.get("image") is not None
     ]
 
 
 def score_dataset(config: ScoreConfig, encoder: Any = None) -> ScoreResult:
-    """Run (or resume) scoring; ``encoder`` is a loaded ``DualEncoder`` (loaded from ``config.clip`` if None)."""
+    """Run (or resume) scoring with a loaded ``DualEncoder`` (loaded from ``config.clip`` if None)."""
     records = RecordFile(config.data, level_field=config.level_field)
     image_indices = image_record_indices(records)
-    batches = [image_indices[k : k + config.batch_size] for k in range(0, len(image_indices), config.batch_size)]
+    batches = [
+        image_indices[k : k + config.batch_size] for k in range(0, len(image_indices), config.batch_size)
+    ]
     log = ScoreLog(config.log_path, _header(config, records, len(image_indices), encoder))
     done = log.open(restart=config.restart)
     pending = [k for k in range(len(batches)) if k not in done]
@@ -156,7 +166,9 @@ def _score_batches(
         pin_memory=encoder.device.type == "cuda",
     )
     total = sum(len(batches[k]) for k in pending)
-    with tqdm(total=total, desc="scoring", unit="pair", disable=not config.progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total, desc="scoring", unit="pair", disable=not config.progress, dynamic_ncols=True
+    ) as bar:
         for prepared in loader:
             if prepared.bad and config.on_bad_record == "error":
                 raise BadRecordError(prepared.bad[0])

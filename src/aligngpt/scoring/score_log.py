@@ -1,9 +1,10 @@
 """The resumable side file of ``aligngpt score``: one JSON line per finished batch, fsynced as it is written.
 
-Line 1 is a header describing the run (data file, model, batch size, device, dtype ...); a rerun with a different
-header refuses to continue. Each following line is ``{"batch": k, "scores": [[index, id, score], ...],
-"skipped": [report, ...]}``. A torn last line (killed mid-write) is cut off when the log is reopened, so that batch
-is simply recomputed; batches are fixed slices of the image records, so a recomputed batch is the same computation.
+Line 1 is a header describing the run (data file, model, batch size, device, dtype ...); a rerun with a
+different header refuses to continue. Each following line is ``{"batch": k, "scores": [[index, id, score],
+...], "skipped": [report, ...]}``. A torn last line (killed mid-write) is cut off when the log is reopened, so
+that batch is simply recomputed; batches are fixed slices of the image records, so a recomputed batch is the
+same computation.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class ScoreLog:
         self.done: dict[int, BatchScores] = {}
 
     def open(self, *, restart: bool = False) -> dict[int, BatchScores]:
-        """Load finished batches (after cutting a torn tail); start a new log if none exists or ``restart``."""
+        """Load finished batches (cutting a torn tail); start a new log if there is none or ``restart``."""
         if restart or not self.path.exists():
             self._start()
             return self.done
@@ -104,7 +105,11 @@ class ScoreLog:
 
     def _describe_mismatch(self, old: dict[str, Any]) -> str:
         keys = sorted(set(old) | set(self.header))
-        diffs = [f"{k}: {old.get(k)!r} (saved) vs {self.header.get(k)!r} (now)" for k in keys if old.get(k) != self.header.get(k)]
+        diffs = [
+            f"{k}: {old.get(k)!r} (saved) vs {self.header.get(k)!r} (now)"
+            for k in keys
+            if old.get(k) != self.header.get(k)
+        ]
         return (
             f"{self.path} holds scores from a run with other settings ({'; '.join(diffs)}). "
             "Rerun with the same settings to resume, or pass --restart to discard the saved scores."

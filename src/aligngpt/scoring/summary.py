@@ -19,7 +19,7 @@ _PLOT_DPI = 100
 
 @dataclass
 class LevelSummary:
-    """``scores`` and ``levels`` are ``[M]`` for the M scored records; the rest are counts of other records."""
+    """``scores`` and ``levels`` are ``[M]`` for the M scored records; the rest count other records."""
 
     num_levels: int
     scores: np.ndarray
@@ -41,9 +41,8 @@ class LevelSummary:
         for level in range(self.num_levels):
             chosen = self.scores[self.levels == level]
             if chosen.size:
-                lines.append(
-                    f"{level:>5} {chosen.size:>9} {chosen.min():>9.4f} {chosen.max():>9.4f} {chosen.mean():>9.4f}"
-                )
+                lo, hi, mean = chosen.min(), chosen.max(), chosen.mean()
+                lines.append(f"{level:>5} {chosen.size:>9} {lo:>9.4f} {hi:>9.4f} {mean:>9.4f}")
             else:
                 lines.append(f"{level:>5} {0:>9} {'-':>9} {'-':>9} {'-':>9}")
         if m:
@@ -51,7 +50,9 @@ class LevelSummary:
             counts, edges = np.histogram(self.scores, bins=HISTOGRAM_BINS)
             peak = max(int(counts.max()), 1)
             for c, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True):
-                lines.append(f"  [{lo:+.4f}, {hi:+.4f}) {int(c):>8} {'#' * round(_BAR_WIDTH * int(c) / peak)}")
+                lines.append(
+                    f"  [{lo:+.4f}, {hi:+.4f}) {int(c):>8} {'#' * round(_BAR_WIDTH * int(c) / peak)}"
+                )
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | os.PathLike[str]) -> None:
@@ -64,7 +65,12 @@ class LevelSummary:
         fig, (ax_hist, ax_count) = plt.subplots(1, 2, figsize=_PLOT_SIZE, dpi=_PLOT_DPI)
         per_level = [self.scores[self.levels == k] for k in range(self.num_levels)]
         if self.scores.size:
-            ax_hist.hist(per_level, bins=HISTOGRAM_BINS * 2, stacked=True, label=[f"L{k}" for k in range(self.num_levels)])
+            ax_hist.hist(
+                per_level,
+                bins=HISTOGRAM_BINS * 2,
+                stacked=True,
+                label=[f"L{k}" for k in range(self.num_levels)],
+            )
             ax_hist.legend(fontsize="small", ncol=2)
         ax_hist.set_xlabel("CLIP cosine similarity")
         ax_hist.set_ylabel("records")

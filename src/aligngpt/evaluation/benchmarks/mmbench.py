@@ -280,10 +280,11 @@ class MMBench(Benchmark):
                  "split": info[idx]["split"], "GT": gt, "PRED": pred}
             )  # fmt: skip
         write_jsonl_atomic(out_dir / "per_question.jsonl", per_question)
+        prediction = {r["index"]: r["prediction"] for r in data}
         write_jsonl_atomic(
             out_dir / "per_row.jsonl",
-            [{"index": r["index"], "base_index": r["index"] % CIRCULAR_STRIDE, "pass": r["index"] // CIRCULAR_STRIDE,
-              "answer": answers[r["index"]], "prediction": r["prediction"]} for r in data],
+            [{"index": i, "base_index": i % CIRCULAR_STRIDE, "pass": i // CIRCULAR_STRIDE, "answer": answers[i],
+              "prediction": prediction[i]} for i in (r["index"] for r in meta) if i in prediction],
         )  # fmt: skip
         overall = report(per_question, None)
         return {

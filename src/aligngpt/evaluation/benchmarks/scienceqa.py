@@ -95,7 +95,7 @@ class ScienceQAImg(Benchmark):
             results["correct" if correct else "incorrect"].append(analysis)
             per_item.append(
                 {"pid": pid, "has_image": bool(prob.get("image")), "num_choices": len(prob["choices"]),
-                 "ground_truth": analysis["ground_truth"], "pred_raw": pred["text"], "parsed_ans": answer,
+                 "ground_truth": analysis["ground_truth"], "pred_raw": predictions.get(pid, {}).get("text"), "parsed_ans": answer,
                  "is_multimodal": analysis["is_multimodal"], "correct": correct}
             )  # fmt: skip
         correct = len(results["correct"])

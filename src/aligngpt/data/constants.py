@@ -1,0 +1,16 @@
+"""Defaults shared by the data and scoring modules and their CLIs (import-light for ``aligngpt --help``)."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_LEVEL_FIELD = "similarity"  # the official pre-training file's level field
+DEFAULT_NUM_LEVELS = 8
+IMAGE_TOKEN = "<image>"
+STAGES: tuple[str, ...] = ("pretrain", "finetune")
+ON_BAD_RECORD: tuple[str, ...] = ("error", "skip")
+# PIL's own default limit (about 89.5 megapixels); larger images are refused unless max_pixels is raised.
+DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_SCORE_FIELD = "clip_score"
+DEFAULT_SCORE_BATCH_SIZE = 64
+DEFAULT_SCORE_WORKERS = min(4, max(1, (os.cpu_count() or 1) - 1))

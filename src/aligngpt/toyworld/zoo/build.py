@@ -1,0 +1,215 @@
+"""``build_zoo``: train the toy world's tokenizer, CLIP and LLaMA and save them as HF model folders.
+
+Layout of ``out_dir``::
+
+    tokenizer/   byte-level BPE tokenizer (LM variant: ``<s>`` prepended)
+    clip/        CLIPModel + CLIP tokenizer (``<s> ... </s>``) + preprocessor_config.json
+    llama/       LlamaForCausalLM + LM tokenizer + generation_config.json
+    zoo.json     settings, per-part timings and measured quality
+
+Each part is cached: a rerun with the same settings reuses finished folders (see ``parts.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
+
+from aligngpt.toyworld._io import atomic_write_json
+from aligngpt.toyworld.world import WorldConfig
+from aligngpt.toyworld.zoo.clip import (
+    ClipSettings,
+    alignment_check,
+    build_clip,
+    channel_stats,
+    clean_pairs,
+    image_embeddings,
+    retrieval_accuracy,
+    text_embeddings,
+    to_pixels,
+    train_clip,
+)
+from aligngpt.toyworld.zoo.corpus import lm_texts, tokenizer_corpus
+from aligngpt.toyworld.zoo.llama import LlamaSettings, build_llama, encode_texts, heldout_loss, train_llama
+from aligngpt.toyworld.zoo.parts import build_part, settings_key
+from aligngpt.toyworld.zoo.tokenizer import train_tokenizer, wrap
+from aligngpt.toyworld.zoo.training import Stopwatch, torch_threads
+
+FORMAT_VERSION = 1
+ZOO_FILE = "zoo.json"
+TOKENIZER_DIR, CLIP_DIR, LLAMA_DIR = "tokenizer", "clip", "llama"
+LOSS_WINDOW = 10  # steps averaged for the reported final training loss
+# One intra-op thread: the zoo's matrices are tiny, and on a 2-core machine shared with other work a second
+# thread measured slower and less steady (see docs/toyworld.md for the numbers).
+DEFAULT_THREADS = 1
+
+
+@dataclass(frozen=True)
+class ZooSettings:
+    tokenizer_texts: int = 2000
+    vocab_size: int = 640
+    clip: ClipSettings = field(default_factory=ClipSettings)
+    llama: LlamaSettings = field(default_factory=LlamaSettings)
+
+
+SIZES: dict[str, ZooSettings] = {
+    "default": ZooSettings(),
+    "smoke": ZooSettings(
+        tokenizer_texts=300,
+        clip=ClipSettings(steps=12, batch_size=32, pool_size=256, eval_scenes=100, spearman_samples=200),
+        llama=LlamaSettings(steps=12, batch_size=8, pool_size=256, heldout_texts=32),
+    ),
+}
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+    """Save and name the generic fast-tokenizer class, which every transformers version resolves."""
+    tokenizer.save_pretrained(folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    atomic_write_json(config_path, config, indent=2)
+
+
+def image_processor(size: int, mean: list[float], std: list[float]):
+    """A CLIP image processor for ``size``-pixel square images (PIL backend where transformers has one)."""
+    try:
+        from transformers import CLIPImageProcessorPil as processor_class
+    except ImportError:  # transformers 4.x
+        from transformers import CLIPImageProcessor as processor_class
+    return processor_class(
+        do_resize=True,
+        size={"shortest_edge": size},
+        do_center_crop=True,
+        crop_size={"height": size, "width": size},
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=mean,
+        image_std=std,
+        do_convert_rgb=True,
+    )
+
+
+def _raw_tokenizer(zoo_dir: Path) -> Tokenizer:
+    return Tokenizer.from_file(str(zoo_dir / TOKENIZER_DIR / "tokenizer.json"))
+
+
+def _build_tokenizer(folder: Path, seed: int, world: WorldConfig, settings: ZooSettings) -> dict:
+    watch = Stopwatch()
+    raw = train_tokenizer(tokenizer_corpus(seed, settings.tokenizer_texts, world), settings.vocab_size)
+    save_tokenizer(wrap(raw, add_eos=False, model_max_length=settings.llama.max_positions), folder)
+    return {"vocab_size": raw.get_vocab_size(), "seconds": watch.seconds()}
+
+
+def _build_clip(folder: Path, zoo_dir: Path, seed: int, world: WorldConfig, settings: ClipSettings,
+                progress: bool) -> dict:
+    watch = Stopwatch()
+    tokenizer = wrap(_raw_tokenizer(zoo_dir), add_eos=True, model_max_length=settings.max_text_length)
+    train = clean_pairs(seed, "zoo-clip", settings.pool_size, world, progress)
+    mean, std = channel_stats(train.images)
+    torch.manual_seed(seed)
+    model = build_clip(settings, tokenizer, world)
+    losses = train_clip(model, tokenizer, to_pixels(train.images, mean, std), train.captions, settings, seed,
+                        progress)
+    train_seconds = watch.seconds()
+    heldout = clean_pairs(seed, "zoo-heldout", settings.eval_scenes, world)
+    retrieval = retrieval_accuracy(
+        image_embeddings(model, to_pixels(heldout.images, mean, std)),
+        text_embeddings(model, tokenizer, heldout.captions, settings.max_text_length),
+        heldout.captions,
+    )
+    metrics = {
+        "retrieval_accuracy_100way": retrieval,
+        "retrieval_scenes": settings.eval_scenes,
+        **alignment_check(model, tokenizer, settings, seed, world, mean, std),
+        "final_train_loss": sum(losses[-LOSS_WINDOW:]) / len(losses[-LOSS_WINDOW:]),
+    }
+    model.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
+    image_processor(world.image_size, mean, std).save_pretrained(folder)
+    return {"metrics": metrics, "train_seconds": train_seconds, "seconds": watch.seconds()}
+
+
+def _build_llama(folder: Path, zoo_dir: Path, seed: int, world: WorldConfig, settings: LlamaSettings,
+                 progress: bool) -> dict:
+    watch = Stopwatch()
+    tokenizer = wrap(_raw_tokenizer(zoo_dir), add_eos=False, model_max_length=settings.max_positions)
+    train = encode_texts(tokenizer, list(lm_texts(seed, "zoo-llm", settings.pool_size, world)),
+                         settings.max_positions)
+    heldout = encode_texts(tokenizer, list(lm_texts(seed, "zoo-llm-heldout", settings.heldout_texts, world)),
+                           settings.max_positions)
+    torch.manual_seed(seed)
+    model = build_llama(settings, tokenizer)
+    losses = train_llama(model, train, settings, seed, progress)
+    train_seconds = watch.seconds()
+    metrics = {
+        **heldout_loss(model, heldout, tokenizer.pad_token_id),
+        "final_train_loss": sum(losses[-LOSS_WINDOW:]) / len(losses[-LOSS_WINDOW:]),
+    }
+    model.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
+    return {"metrics": metrics, "train_seconds": train_seconds, "seconds": watch.seconds()}
+
+
+def build_zoo(
+    out_dir: str | Path,
+    seed: int = 0,
+    size: str | ZooSettings = "default",
+    threads: int | None = None,
+    world: WorldConfig | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build (or reuse) the tokenizer, CLIP and LLaMA under ``out_dir``; returns the ``zoo.json`` record.
+
+    ``size`` is a name in ``SIZES`` ("default", "smoke") or explicit settings; ``threads`` sets torch's
+    intra-op threads for the build (default ``DEFAULT_THREADS``).
+    """
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise ValueError(f"unknown zoo size {size!r}; expected one of {sorted(SIZES)}")
+        settings, size_name = SIZES[size], size
+    else:
+        settings, size_name = size, "custom"
+    world = world or WorldConfig()
+    threads = DEFAULT_THREADS if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    zoo_dir = Path(out_dir)
+    zoo_dir.mkdir(parents=True, exist_ok=True)
+    watch = Stopwatch()
+    common = {"format_version": FORMAT_VERSION, "seed": seed, "world": asdict(world)}
+    tok_settings = {**common, "tokenizer_texts": settings.tokenizer_texts, "vocab_size": settings.vocab_size,
+                    "max_positions": settings.llama.max_positions}
+    tok_key = settings_key(tok_settings)
+    with torch_threads(threads):
+        parts = {
+            "tokenizer": build_part(zoo_dir / TOKENIZER_DIR, tok_key, tok_settings,
+                                    lambda d: _build_tokenizer(d, seed, world, settings)),
+        }
+        clip_settings = {**common, "tokenizer": tok_key, "clip": asdict(settings.clip)}
+        parts["clip"] = build_part(
+            zoo_dir / CLIP_DIR, settings_key(clip_settings), clip_settings,
+            lambda d: _build_clip(d, zoo_dir, seed, world, settings.clip, progress),
+        )
+        llama_settings = {**common, "tokenizer": tok_key, "llama": asdict(settings.llama)}
+        parts["llama"] = build_part(
+            zoo_dir / LLAMA_DIR, settings_key(llama_settings), llama_settings,
+            lambda d: _build_llama(d, zoo_dir, seed, world, settings.llama, progress),
+        )
+    record = {
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "size": size_name,
+        "threads": threads,
+        "build_seconds": watch.seconds(),
+        "paths": {"tokenizer": TOKENIZER_DIR, "clip": CLIP_DIR, "llama": LLAMA_DIR},
+        "parts": {name: {k: v for k, v in part.items() if k != "settings"} for name, part in parts.items()},
+        "settings": {"world": asdict(world), "zoo": asdict(settings)},
+    }
+    atomic_write_json(zoo_dir / ZOO_FILE, record, indent=2)
+    return record

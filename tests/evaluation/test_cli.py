@@ -1,0 +1,76 @@
+"""``aligngpt eval score`` reproduces the SUMMARY.json headline numbers; usage errors are clear."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from aligngpt.cli import app
+from conftest import JUDGED, ReplayJudge, fixture_dir, predictions_path
+from judge_server import ReplayServer
+
+SUMMARY = json.loads((fixture_dir("") / "SUMMARY.json").read_text(encoding="utf-8"))["benchmarks"]
+
+
+def _score_args(name, out):
+    return ["eval", "score", "--benchmark", name, "--data-dir", str(fixture_dir(name) / "inputs"),
+            "--predictions", str(predictions_path(name)), "--out", str(out)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(SUMMARY))
+def test_eval_score_writes_summary_headline_numbers(name, tmp_path):
+    args = _score_args(name, tmp_path)
+    if name in JUDGED:
+        server = ReplayServer(ReplayJudge(fixture_dir(name) / "inputs" / "judge_replies.json"))
+        with server:
+            result = CliRunner().invoke(app, [*args, "--judge-base-url", server.base_url])
+    else:
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    for key, value in SUMMARY[name].items():
+        if isinstance(value, dict):
+            assert {k: float(v) for k, v in value.items()} == metrics[key]
+        else:
+            assert metrics[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_unknown_benchmark_lists_the_known_ones(tmp_path):
+    result = CliRunner().invoke(app, _score_args("pope", tmp_path)[:3] + ["nope"] + _score_args("pope", tmp_path)[4:])
+    assert result.exit_code == 2
+    assert "unknown benchmark 'nope'" in result.output and "mm_vet" in result.output
+
+
+def test_missing_data_file_names_what_and_where(tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = _score_args("gqa", tmp_path / "out")
+    args[args.index("--data-dir") + 1] = str(tmp_path / "empty")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "GQA questions file not found" in result.output and str(tmp_path / "empty") in result.output
+
+
+def test_benchmark_options_are_passed_through(tmp_path):
+    result = CliRunner().invoke(app, [*_score_args("pope", tmp_path), "--option", "pair_by=question_id"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "metrics.json").read_text())["pair_by"] == "question_id"
+
+
+def test_eval_group_calls_the_runner(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    calls = []
+    runner = types.ModuleType("aligngpt.evaluation.runner")
+    runner.run_evaluation = lambda **kwargs: calls.append(kwargs)
+    monkeypatch.setitem(sys.modules, "aligngpt.evaluation.runner", runner)
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--model", "m", "--benchmark", "POPE,mm-vet", "--data-dir", str(tmp_path), "--out", str(tmp_path),
+         "--batch-size", "4", "--limit", "3"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert calls == [{"model": "m", "benchmarks": ["pope", "mm_vet"], "data_dir": tmp_path, "out_dir": tmp_path,
+                      "batch_size": 4, "limit": 3}]  # fmt: skip
