@@ -75,10 +75,46 @@ def no_bos_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = (
-        "you are a helpful assistant what is in the picture it shows red blue green car boat dog one two three "
-        "describe image tell me about cats sleep lot colors of this scene yes no system user assistant"
-    ).split()
+    words = [
+        "you",
+        "are",
+        "a",
+        "helpful",
+        "assistant",
+        "what",
+        "is",
+        "in",
+        "the",
+        "picture",
+        "it",
+        "shows",
+        "red",
+        "blue",
+        "green",
+        "car",
+        "boat",
+        "dog",
+        "one",
+        "two",
+        "three",
+        "describe",
+        "image",
+        "tell",
+        "me",
+        "about",
+        "cats",
+        "sleep",
+        "lot",
+        "colors",
+        "of",
+        "this",
+        "scene",
+        "yes",
+        "no",
+        "system",
+        "user",
+        "assistant",
+    ]
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
     vocab = {token: index for index, token in enumerate(specials + ["\n", "?", ".", ","] + words)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -122,7 +158,10 @@ def tiny_model_dir(path: Path, vision: str = "clip", llm: str = "llama", **confi
         "clip576": lambda: OFFICIAL / "clip_vision_tiny",
         "siglip": lambda: tiny_siglip_vision_dir(parts / "siglip"),
     }[vision]()
-    llm_dir = {"llama": lambda: tiny_llama_dir(parts / "llama"), "qwen2": lambda: tiny_qwen2_dir(parts / "qwen2")}[llm]()
+    llm_dir = {
+        "llama": lambda: tiny_llama_dir(parts / "llama"),
+        "qwen2": lambda: tiny_qwen2_dir(parts / "qwen2"),
+    }[llm]()
     if vision == "siglip":
         config_kwargs.setdefault("vision_feature_select", "all")
     if llm == "qwen2":

@@ -12,7 +12,10 @@ from tests.helpers import decoder_inputs_embeds, tiny_model_dir
 
 CONVERSATIONS = [
     [{"from": "human", "value": "<image>\nWhat is in the picture?"}, {"from": "gpt", "value": "A red car."}],
-    [{"from": "human", "value": "Tell me a fact about cats."}, {"from": "gpt", "value": "Cats sleep a lot, often."}],
+    [
+        {"from": "human", "value": "Tell me a fact about cats."},
+        {"from": "gpt", "value": "Cats sleep a lot, often."},
+    ],
     [
         {"from": "human", "value": "Look at <image> and tell me the colors of this scene."},
         {"from": "gpt", "value": "Green and brown."},
@@ -65,7 +68,9 @@ def test_left_padding_equals_right_padding_equals_single_sample(llama_clip):
         torch.testing.assert_close(_valid_logits(out_right, right, row), expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(_valid_logits(out_left, left, row), expected, atol=1e-4, rtol=1e-4)
         if sample.has_image:
-            torch.testing.assert_close(out_right.alignment_weights[row], out_single.alignment_weights[0], atol=1e-6, rtol=0)
+            torch.testing.assert_close(
+                out_right.alignment_weights[row], out_single.alignment_weights[0], atol=1e-6, rtol=0
+            )
     assert torch.all(out_right.alignment_weights[1] == 0)  # text-only row
     torch.testing.assert_close(out_right.alignment_weights.sum(-1)[[0, 2]], torch.ones(2))
 
@@ -219,14 +224,20 @@ def test_other_backbones(tmp_path, vision, llm, tokens, slot):
     processor = AlignGPTProcessor.from_pretrained(path)
     assert model.config.num_image_tokens == tokens
     assert model.alignment.gate[0].in_features == tokens
-    conversation = [{"from": "human", "value": "<image>\nwhat is in the picture ?"}, {"from": "gpt", "value": "a red car ."}]
+    conversation = [
+        {"from": "human", "value": "<image>\nwhat is in the picture ?"},
+        {"from": "gpt", "value": "a red car ."},
+    ]
     sample = processor.encode_conversation(conversation, Image.new("RGB", (30, 20), (255, 0, 0)))
     assert sample.input_ids[slot] == model.config.alignment_token_id
     output = _forward(model, processor.collate([sample]))
     assert torch.isfinite(output.loss)
     torch.testing.assert_close(output.alignment_weights.sum(), torch.tensor(1.0))
-    generated = model.generate(**processor([processor.generation_prompt("<image>\nwhat is it ?")],
-                                           [Image.new("RGB", (8, 8))]), max_new_tokens=3, do_sample=False)
+    generated = model.generate(
+        **processor([processor.generation_prompt("<image>\nwhat is it ?")], [Image.new("RGB", (8, 8))]),
+        max_new_tokens=3,
+        do_sample=False,
+    )
     assert generated.shape[1] >= 3
 
 
@@ -247,13 +258,23 @@ def test_mismatched_images_and_bad_config_raise_clear_errors(llama_clip):
     with pytest.raises(ValueError, match="neither pixel_values nor vision_features"):
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     with pytest.raises(ValueError, match="do not fill"):
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"][:1])
+        model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"][:1],
+        )
     with pytest.raises(ValueError, match="one <image>"):
-        processor.encode_conversation([{"from": "human", "value": "<image> and <image>"}, {"from": "gpt", "value": "x"}])
+        processor.encode_conversation(
+            [{"from": "human", "value": "<image> and <image>"}, {"from": "gpt", "value": "x"}]
+        )
     with pytest.raises(ValueError, match="Unknown chat template"):
         processor.encode_conversation(CONVERSATIONS[1], template="vicuna_v2")
     from aligngpt.config import AlignGPTConfig
 
-    for bad in ({"alignment_mode": "adaptve"}, {"projector_type": "mlp2x_relu"}, {"alignment_mode": "fixed:9"}):
+    for bad in (
+        {"alignment_mode": "adaptve"},
+        {"projector_type": "mlp2x_relu"},
+        {"alignment_mode": "fixed:9"},
+    ):
         with pytest.raises(ValueError):
             AlignGPTConfig(**bad)

@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 
 def load(*args, **kwargs):
-    """Load a model folder into an :class:`~aligngpt.inference.AlignGPTPipeline` (see :func:`aligngpt.inference.load`)."""
+    """Load a model folder into an :class:`~aligngpt.inference.AlignGPTPipeline` (see ``aligngpt.inference.load``)."""
     from aligngpt.inference.pipeline import load as _load
 
     return _load(*args, **kwargs)

@@ -161,4 +161,9 @@ class AlignGPTConfig(PreTrainedConfig):
 __all__ = [
     "ALIGNMENT_TOKEN_ID",
     "IMAGE_TOKEN_ID",
-    "AlignGPTConfig", "parse_alignment_mode", "projector_depth", "vision_has_cls_token", "MODEL_TYPE"]
+    "AlignGPTConfig",
+    "parse_alignment_mode",
+    "projector_depth",
+    "vision_has_cls_token",
+    "MODEL_TYPE",
+]

@@ -89,9 +89,13 @@ class OpenAIJudge:
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        self._client = None  # one connection pool for all requests, created on first use
 
     def complete(self, request: JudgeRequest) -> str:
         import httpx
+
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout_s, trust_env=False)
 
         payload = request.as_dict()
         if self.model is not None:
@@ -100,7 +104,7 @@ class OpenAIJudge:
         last_error = ""
         for attempt in range(self.max_retries + 1):
             try:
-                response = httpx.post(self.url, json=payload, headers=headers, timeout=self.timeout_s)
+                response = self._client.post(self.url, json=payload, headers=headers)
             except httpx.HTTPError as err:
                 last_error = f"{type(err).__name__}: {err}"
             else:

@@ -131,9 +131,7 @@ class AlignGPTPipeline:
         """
         settings = settings or GenerationSettings()
         images = [image for image, _ in requests]
-        prompts = [
-            self.build_prompt(text, image is not None) if apply_template else text for image, text in requests
-        ]
+        prompts = [self.build_prompt(text, image is not None) if apply_template else text for image, text in requests]
         batch = self.encode(prompts, images, aspect_ratio)
         if alignment_levels is not None:
             batch["alignment_levels"] = torch.tensor(list(alignment_levels), device=self.device)
@@ -175,7 +173,12 @@ class AlignGPTPipeline:
         prompt = self.build_prompt(message, image is not None, history)
         batch = self.encode([prompt], [image])
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {**batch, **settings.generate_kwargs(), **self._stop_kwargs(settings.stop), "streamer": streamer}
+        kwargs = {
+            **batch,
+            **settings.generate_kwargs(),
+            **self._stop_kwargs(settings.stop),
+            "streamer": streamer,
+        }
         worker = Thread(target=_generate_no_grad, args=(self.model, kwargs), daemon=True)
         worker.start()
         pending = ""

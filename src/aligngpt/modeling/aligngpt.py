@@ -120,7 +120,11 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
         return image_mask, input_ids == self.config.alignment_token_id
 
     def _gate_text_mask(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_mask: torch.Tensor, align_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_mask: torch.Tensor,
+        align_mask: torch.Tensor,
     ) -> torch.Tensor:
         """Text positions whose embeddings the gate averages: attended, not image, not alignment, not the row's BOS."""
         text = attention_mask.bool() & ~image_mask & ~align_mask
@@ -261,7 +265,9 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
         )
 
 
-def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items: int | torch.Tensor | None) -> torch.Tensor:
+def _mean_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, num_items: int | torch.Tensor | None
+) -> torch.Tensor:
     """Cross-entropy in float32 over non-ignored targets; divided by ``num_items`` (gradient accumulation) if given.
 
     Args:

@@ -58,7 +58,7 @@ class AlignmentModule(nn.Module):
         Args:
             image_features: ``[n, num_image_tokens, d]``.
             text_mean: ``[n, d]``.
-            levels: optional ``[n]`` level ids in ``0..N-1``; when given, ``a = E[level]`` (stage 1, or forcing a level).
+            levels: optional ``[n]`` level ids in ``0..N-1``; when given ``a = E[level]`` (stage 1, or a forced level).
 
         Returns:
             ``(a, alpha)``: ``a`` is ``[n, d]``; ``alpha`` is ``[n, N-1]``, or ``None`` when the mode has no gate.

@@ -40,9 +40,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preprocess_images(
-    images: Sequence[Image.Image], image_processor, aspect_ratio: str = "pad"
-) -> torch.Tensor:
+def preprocess_images(images: Sequence[Image.Image], image_processor, aspect_ratio: str = "pad") -> torch.Tensor:
     """Turn PIL images into ``[n, 3, H, W]`` pixel values for the vision tower.
 
     Args:

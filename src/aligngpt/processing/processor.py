@@ -22,7 +22,13 @@ from transformers import AutoImageProcessor, BatchFeature, PreTrainedTokenizerBa
 from aligngpt.config import AlignGPTConfig
 from aligngpt.modeling.aligngpt import IGNORE_INDEX
 from aligngpt.processing.image import preprocess_images
-from aligngpt.processing.templates import IMAGE_PLACEHOLDER, ChatTemplate, Segment, get_template, normalize_messages
+from aligngpt.processing.templates import (
+    IMAGE_PLACEHOLDER,
+    ChatTemplate,
+    Segment,
+    get_template,
+    normalize_messages,
+)
 from aligngpt.processing.tokenizer import load_tokenizer
 
 PROCESSOR_CONFIG = "aligngpt_processor.json"
@@ -151,7 +157,9 @@ class AlignGPTProcessor:
                 encoded = self.tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
                 for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
                     start, end = start + chunk_start, end + chunk_start
-                    supervised = end > start and any(start < s_end and end > s_start for s_start, s_end in supervised_spans)
+                    supervised = end > start and any(
+                        start < s_end and end > s_start for s_start, s_end in supervised_spans
+                    )
                     ids.append(token)
                     labels.append(token if supervised else IGNORE_INDEX)
             chunk_start += len(chunk) + len(IMAGE_PLACEHOLDER)
@@ -213,7 +221,10 @@ class AlignGPTProcessor:
         return template if isinstance(template, ChatTemplate) else get_template(template)
 
     def generation_prompt(
-        self, message: str, history: Sequence[tuple[str, str]] = (), template: str | ChatTemplate | None = None
+        self,
+        message: str,
+        history: Sequence[tuple[str, str]] = (),
+        template: str | ChatTemplate | None = None,
     ) -> str:
         """The prompt text asking for the next assistant answer."""
         return self._template(template).generation_prompt(message, list(history))

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 IMAGE_PLACEHOLDER = "<image>"
 
-_ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,11 @@ def _chatml(template: ChatTemplate, system: str, messages: list[Message]) -> lis
         elif message.content is None:
             segments.append(Segment("<|im_start|>assistant\n"))
         else:
-            segments += [Segment("<|im_start|>assistant\n"), Segment(f"{message.content}<|im_end|>", True), Segment("\n")]
+            segments += [
+                Segment("<|im_start|>assistant\n"),
+                Segment(f"{message.content}<|im_end|>", True),
+                Segment("\n"),
+            ]
     return segments
 
 
@@ -140,7 +150,11 @@ def _gemma(template: ChatTemplate, system: str, messages: list[Message]) -> list
         elif message.content is None:
             segments.append(Segment("<start_of_turn>model\n"))
         else:
-            segments += [Segment("<start_of_turn>model\n"), Segment(f"{message.content}<end_of_turn>", True), Segment("\n")]
+            segments += [
+                Segment("<start_of_turn>model\n"),
+                Segment(f"{message.content}<end_of_turn>", True),
+                Segment("\n"),
+            ]
     return segments
 
 
