@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from eval_helpers import JUDGED, ReplayJudge, fixture_dir, predictions_path
+from eval_judge_server import ReplayServer
 from typer.testing import CliRunner
 
 from aligngpt.cli import app
-from conftest import JUDGED, ReplayJudge, fixture_dir, predictions_path
-from judge_server import ReplayServer
 
 SUMMARY = json.loads((fixture_dir("") / "SUMMARY.json").read_text(encoding="utf-8"))["benchmarks"]
 

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+from eval_helpers import JUDGED, PREDICTIONS, ReplayJudge, fixture_dir, predictions_path
 
 from aligngpt.evaluation.benchmarks import get_benchmark
-from conftest import JUDGED, PREDICTIONS, ReplayJudge, fixture_dir, predictions_path
 
 TOLERANCE = 1e-9
 IGNORED_KEYS = {"notes", "note", "source"}
@@ -20,7 +20,10 @@ SAME_BYTES = {
     "vizwiz": [("answers_upload.json", "answers_upload/aligngpt-13b.json")],
     "gqa": [("testdev_balanced_predictions.json", "testdev_balanced_predictions.json")],
     "seed_bench": [("answers_upload.jsonl", "answers_upload/aligngpt-13b.jsonl")],
-    "scienceqa_img": [("sqa_output.json", "aligngpt-13b_output.jsonl"), ("sqa_result.json", "aligngpt-13b_result.json")],
+    "scienceqa_img": [
+        ("sqa_output.json", "aligngpt-13b_output.jsonl"),
+        ("sqa_result.json", "aligngpt-13b_result.json"),
+    ],
     "mm_vet": [
         ("results.json", "results/aligngpt-13b.json"),
         ("aligngpt-13b_gpt-4-0613-grade-1runs.json", "grading/aligngpt-13b_gpt-4-0613-grade-1runs.json"),

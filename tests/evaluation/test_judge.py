@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from eval_helpers import ReplayJudge, fixture_dir, predictions_path
+from eval_judge_server import ReplayServer
 
 from aligngpt.evaluation.benchmarks import get_benchmark
 from aligngpt.evaluation.judge import CachedJudge, JudgeError, JudgeRequest, OpenAIJudge
-from conftest import ReplayJudge, fixture_dir, predictions_path
-from judge_server import ReplayServer
 
 LLAVA_W = "llava_bench_in_the_wild"
 
@@ -26,7 +26,10 @@ def test_openai_judge_speaks_chat_completions(monkeypatch):
     payload = server.payloads[0]
     assert payload["model"] == "local-judge"  # --judge-model overrides the official model
     assert payload["temperature"] == 0.2 and payload["max_tokens"] == 1024
-    assert payload["messages"] == [{"role": "system", "content": "sys"}, {"role": "user", "content": request.messages[1][1]}]
+    assert payload["messages"] == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": request.messages[1][1]},
+    ]
     assert server.headers[0]["Authorization"] == "Bearer sk-test"
 
 

@@ -110,7 +110,7 @@ def make_dataset(
                 {"id": f"t{i}", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": caption}]}
             )
             continue
-        w, h = rng.randint(8, 64), rng.randint(8, 64)
+        w, h = rng.randint(16, 64), rng.randint(16, 64)  # aspect <= 4: no pre-crop (see limit_aspect_ratio)
         pixels = bytes(rng.randrange(256) for _ in range(w * h * 3))
         rel = f"sub/{img_no}.png"
         Image.frombytes("RGB", (w, h), pixels).save(root / rel)

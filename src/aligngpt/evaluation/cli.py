@@ -79,7 +79,9 @@ def score(
     judge_base_url: str = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpoint for GPT judging."),
     judge_model: str = typer.Option(None, "--judge-model", help="Judge model (default: the official one)."),
     judge_cache: Path = typer.Option(None, "--judge-cache", help="Judge reply cache (default: OUT/judge_cache)."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Benchmark option KEY=VALUE, e.g. pair_by=question_id."),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="Benchmark option KEY=VALUE, e.g. pair_by=question_id."
+    ),
 ) -> None:
     """Re-score an answer file: writes OUT/metrics.json plus the benchmark's submission files."""
     from aligngpt.evaluation.benchmarks import UnknownBenchmarkError, get_benchmark

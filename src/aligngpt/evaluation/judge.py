@@ -95,7 +95,7 @@ class OpenAIJudge:
         import httpx
 
         if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout_s, trust_env=False)
+            self._client = httpx.Client(timeout=self.timeout_s)
 
         payload = request.as_dict()
         if self.model is not None:
@@ -165,4 +165,3 @@ class RecordingJudge:
 
     def records(self) -> list[dict]:
         return [{**request.as_dict(), "reply": reply} for request, reply in self.log]
-

@@ -122,11 +122,9 @@ def pope_negative(scene: Scene, split: str, rng: np.random.Generator) -> ObjectT
     elif split == "popular":
         candidates = sorted({partner_of(t) for t in present} - present)
     elif split == "adversarial":
-        candidates = sorted(
-            {ObjectType(c, t.shape) for t in present for c in COLOURS}
-            | {ObjectType(t.colour, s) for t in present for s in SHAPES}
-            - present
-        )
+        swaps = {ObjectType(c, t.shape) for t in present for c in COLOURS}
+        swaps |= {ObjectType(t.colour, s) for t in present for s in SHAPES}
+        candidates = sorted(swaps - present)
     else:
         raise ValueError(f"unknown POPE split {split!r}; expected one of {POPE_SPLITS}")
     return _pick(rng, candidates) if candidates else None

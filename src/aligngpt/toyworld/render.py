@@ -71,4 +71,4 @@ def render_scene(scene: Scene, rng: np.random.Generator, config: WorldConfig) ->
 
 def image_to_array(image: Image.Image) -> np.ndarray:
     """PIL image -> uint8 array of shape (H, W, 3)."""
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.array(image.convert("RGB"), dtype=np.uint8)

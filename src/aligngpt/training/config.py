@@ -155,12 +155,18 @@ def resolve_config(
     return config
 
 
+def _check_range(config: TrainConfig) -> None:
+    if not 0 <= config.warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must lie in [0, 1), got {config.warmup_ratio}")
+
+
 def validate_config(config: TrainConfig) -> None:
     """Errors that can be found before anything is loaded."""
     if config.data is None:
         raise ValueError("no training data: set data (--data)")
     if config.output_dir is None:
         raise ValueError("no output folder: set output_dir (--output-dir)")
+    _check_range(config)
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
     if config.on_bad_record not in ("error", "skip"):

@@ -12,11 +12,12 @@ A recipe is applied to a built model; it never changes which modules exist. Thre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from torch import nn
+if TYPE_CHECKING:  # keep ``aligngpt --help`` free of torch / transformers imports
+    from torch import nn
 
-from aligngpt.modeling import AlignGPTForConditionalGeneration
+    from aligngpt.modeling import AlignGPTForConditionalGeneration
 
 Stage = Literal["pretrain", "finetune"]
 

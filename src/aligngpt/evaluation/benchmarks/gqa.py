@@ -8,12 +8,19 @@ from collections import defaultdict
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LoaderBenchmark
-from aligngpt.evaluation.io import BadRecordError, find_file, read_json, read_predictions, write_jsonl_atomic
-from aligngpt.evaluation.io import write_text_atomic
+from aligngpt.evaluation.io import (
+    BadRecordError,
+    find_file,
+    read_json,
+    read_predictions,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 
 PREDICTIONS_FILE = "testdev_balanced_predictions.json"
 NON_STEP_OPERATIONS = ("exist", "query: name", "choose name")
 CHI_SQUARE_SCALE = 100
+DETAILED_METRICS = ("accuracyPerStructuralType", "accuracyPerSemanticType", "accuracyPerLength", "accuracyPerSteps")
 
 
 def convert_prediction(text: str) -> str:
@@ -90,8 +97,7 @@ class GQA(LoaderBenchmark):
     @staticmethod
     def _evaluate(questions: dict, predictions: dict, choices: dict | None, raw: dict) -> tuple[dict, list]:
         scores: dict = {k: [] for k in ("accuracy", "binary", "open", "validity", "plausibility")}
-        detailed = {k: defaultdict(list) for k in
-                    ("accuracyPerStructuralType", "accuracyPerSemanticType", "accuracyPerLength", "accuracyPerSteps")}  # fmt: skip
+        detailed = {k: defaultdict(list) for k in DETAILED_METRICS}
         gold_dist: dict = defaultdict(lambda: defaultdict(int))
         pred_dist: dict = defaultdict(lambda: defaultdict(int))
         per_item = []

@@ -9,13 +9,21 @@ with several runs the mean over runs, ``std`` of the run totals; all rounded to 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections import Counter
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LONG_MAX_NEW_TOKENS, LoaderBenchmark
-from aligngpt.evaluation.io import BadRecordError, find_file, read_json, read_predictions, write_jsonl_atomic
-from aligngpt.evaluation.io import write_text_atomic
+from aligngpt.evaluation.io import (
+    BadRecordError,
+    find_file,
+    read_json,
+    read_predictions,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 from aligngpt.evaluation.judge import Judge, JudgeRequest
 from aligngpt.evaluation.judge_prompts import MM_VET_FEW_SHOT, MM_VET_REQUERY_SUFFIX
 
@@ -101,7 +109,9 @@ class MMVet(LoaderBenchmark):
             data = {k: v for k, v in data.items() if k in results}
         missing = [k for k in data if k not in results]
         if missing:
-            raise BadRecordError(f"{predictions_path}: no answer for {len(missing)} MM-Vet samples (e.g. {missing[:5]})")
+            raise BadRecordError(
+                f"{predictions_path}: no answer for {len(missing)} MM-Vet samples (e.g. {missing[:5]})"
+            )
         model_name = predictions_path.stem
         grades: dict[str, dict] = {k: {"model": [], "content": [], "score": []} for k in data}
         log = []
@@ -168,7 +178,11 @@ class MMVet(LoaderBenchmark):
 
     @staticmethod
     def _write_csvs(out_dir: Path, files: dict, model_name: str, metrics: dict) -> None:
-        for key, table in (("cap", metrics["capability_scores"]), ("cap_int", metrics["capability_integration_scores"])):
-            columns = [*table, "std", "runs"]
-            values = [*(str(v) for v in table.values()), str(metrics["std"]), metrics["runs"]]
-            write_text_atomic(out_dir / files[key], "," + ",".join(columns) + "\n" + ",".join([model_name, *values]) + "\n")
+        """The evaluator's two one-row score tables (capabilities; capability integrations)."""
+        for key in ("cap", "cap_int"):
+            table = metrics["capability_scores" if key == "cap" else "capability_integration_scores"]
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(["", *table, "std", "runs"])
+            writer.writerow([model_name, *table.values(), metrics["std"], metrics["runs"]])
+            write_text_atomic(out_dir / files[key], buffer.getvalue())

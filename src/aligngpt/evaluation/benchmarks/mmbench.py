@@ -218,7 +218,12 @@ class MMBench(Benchmark):
                     question = str(row["hint"]) + "\n" + question
                 for c, option in zip(chars[:], options, strict=True):
                     question = question + "\n" + c + ". " + option
-                fields = {"round_id": round_id, "prompt": question, "options": list(options), "option_char": list(chars)}
+                fields = {
+                    "round_id": round_id,
+                    "prompt": question,
+                    "options": list(options),
+                    "option_char": list(chars),
+                }
                 meta = {"image_base64": row["image"], "answer_fields": fields, "index": row["index"]}
                 items.append(EvalItem(int(row["index"]), None, question + "\n" + suffix, meta))
                 options = options[1:] + options[:1]

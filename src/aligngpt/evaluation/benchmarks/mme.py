@@ -16,8 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import SHORT_ANSWER_SUFFIX, LoaderBenchmark, ratio
-from aligngpt.evaluation.io import BadRecordError, MissingDataError, read_predictions, write_jsonl_atomic
-from aligngpt.evaluation.io import write_text_atomic
+from aligngpt.evaluation.io import (
+    BadRecordError,
+    MissingDataError,
+    read_predictions,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 
 GT_ROOT = "MME_Benchmark_release_version"
 QA_SUBDIR = "questions_answers_YN"
@@ -39,7 +44,7 @@ def load_ground_truth(root: Path) -> dict[tuple[str, str, str], str]:
     for category_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         qa_dir = category_dir / QA_SUBDIR if (category_dir / QA_SUBDIR).is_dir() else category_dir
         for txt in sorted(qa_dir.glob("*.txt")):
-            for line_no, line in enumerate(open(txt, encoding="utf-8"), start=1):
+            for line_no, line in enumerate(txt.read_text(encoding="utf-8").splitlines(keepends=True), start=1):
                 fields = line.strip().split("\t")
                 if len(fields) != 2:
                     raise BadRecordError(f"{txt}:{line_no}: expected 'question<TAB>answer'")

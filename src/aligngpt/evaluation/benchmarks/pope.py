@@ -12,8 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LoaderBenchmark, ratio
-from aligngpt.evaluation.io import BadRecordError, MissingDataError, pick_dir, read_jsonl, read_predictions
-from aligngpt.evaluation.io import write_jsonl_atomic
+from aligngpt.evaluation.io import (
+    BadRecordError,
+    MissingDataError,
+    pick_dir,
+    read_jsonl,
+    read_predictions,
+    write_jsonl_atomic,
+)
 
 LABEL_PREFIX, LABEL_SUFFIX = "coco_pope_", ".json"
 NEGATIVE_WORDS = ("No", "not", "no")
@@ -83,7 +89,9 @@ class POPE(LoaderBenchmark):
         answers = read_predictions(predictions_path).records
         for a in answers:
             if a["question_id"] not in question_by_id:
-                raise BadRecordError(f"{predictions_path}: question_id {a['question_id']!r} is not in the question file")
+                raise BadRecordError(
+                    f"{predictions_path}: question_id {a['question_id']!r} is not in the question file"
+                )
         per_category, printed, per_item = {}, {}, []
         for label_file in label_files:
             category = label_file.name[len(LABEL_PREFIX) : -len(LABEL_SUFFIX)]
@@ -93,9 +101,7 @@ class POPE(LoaderBenchmark):
             preds = [parse_yes_no(a["text"]) for a in cur]
             stats = binary_metrics(preds, labels)
             per_category[category] = stats
-            printed[category] = ", ".join(
-                _fmt(stats[k]) for k in ("f1", "acc", "precision", "recall", "yes_ratio")
-            )
+            printed[category] = ", ".join(_fmt(stats[k]) for k in ("f1", "acc", "precision", "recall", "yes_ratio"))
             for a, label, pred in zip(cur, labels, preds, strict=False):
                 per_item.append(
                     {"question_id": a["question_id"], "category": category, "label": label, "pred_raw": a["text"],

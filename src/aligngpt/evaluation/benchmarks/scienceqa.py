@@ -10,8 +10,14 @@ import re
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LONG_MAX_NEW_TOKENS, MULTIPLE_CHOICE_SUFFIX, Benchmark
-from aligngpt.evaluation.io import find_file, pick_dir, read_json, read_predictions, write_jsonl_atomic
-from aligngpt.evaluation.io import write_text_atomic
+from aligngpt.evaluation.io import (
+    find_file,
+    pick_dir,
+    read_json,
+    read_predictions,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 from aligngpt.evaluation.items import IMAGE_PLACEHOLDER, EvalItem
 
 OPTIONS = ("A", "B", "C", "D", "E")
@@ -94,10 +100,17 @@ class ScienceQAImg(Benchmark):
             correct = pred_idx == prob["answer"]
             results["correct" if correct else "incorrect"].append(analysis)
             per_item.append(
-                {"pid": pid, "has_image": bool(prob.get("image")), "num_choices": len(prob["choices"]),
-                 "ground_truth": analysis["ground_truth"], "pred_raw": predictions.get(pid, {}).get("text"), "parsed_ans": answer,
-                 "is_multimodal": analysis["is_multimodal"], "correct": correct}
-            )  # fmt: skip
+                {
+                    "pid": pid,
+                    "has_image": bool(prob.get("image")),
+                    "num_choices": len(prob["choices"]),
+                    "ground_truth": analysis["ground_truth"],
+                    "pred_raw": predictions.get(pid, {}).get("text"),
+                    "parsed_ans": answer,
+                    "is_multimodal": analysis["is_multimodal"],
+                    "correct": correct,
+                }
+            )
         correct = len(results["correct"])
         total = correct + len(results["incorrect"])
         img_correct = sum(x["is_multimodal"] for x in results["correct"])

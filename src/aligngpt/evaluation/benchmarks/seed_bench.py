@@ -53,7 +53,10 @@ class SEEDBench(LoaderBenchmark):
         per_item = []
         for q in questions:
             r = self._result(results, q)
-            scored = _int_or_same(q["question_id"]) in results and results[_int_or_same(q["question_id"])]["text"] == q["answer"]
+            scored = (
+                _int_or_same(q["question_id"]) in results
+                and results[_int_or_same(q["question_id"])]["text"] == q["answer"]
+            )
             per_item.append(
                 {"question_id": q["question_id"], "data_type": q["data_type"], "type_id": q["question_type_id"],
                  "answer": q["answer"], "pred_raw": None if r is None else r["text"],

@@ -13,6 +13,8 @@ Each part is cached: a rerun with the same settings reuses finished folders (see
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from aligngpt.toyworld.zoo.clip import (
 )
 from aligngpt.toyworld.zoo.corpus import lm_texts, tokenizer_corpus
 from aligngpt.toyworld.zoo.llama import LlamaSettings, build_llama, encode_texts, heldout_loss, train_llama
-from aligngpt.toyworld.zoo.parts import build_part, settings_key
+from aligngpt.toyworld.zoo.parts import build_part, finished_part, settings_key
 from aligngpt.toyworld.zoo.tokenizer import train_tokenizer, wrap
 from aligngpt.toyworld.zoo.training import Stopwatch, torch_threads
 
@@ -61,8 +63,8 @@ SIZES: dict[str, ZooSettings] = {
     "default": ZooSettings(),
     "smoke": ZooSettings(
         tokenizer_texts=300,
-        clip=ClipSettings(steps=12, batch_size=32, pool_size=256, eval_scenes=100, spearman_samples=200),
-        llama=LlamaSettings(steps=12, batch_size=8, pool_size=256, heldout_texts=32),
+        clip=ClipSettings(steps=8, batch_size=16, pool_size=128, eval_scenes=100, spearman_samples=100),
+        llama=LlamaSettings(steps=6, batch_size=4, context=64, pool_size=64, heldout_texts=16),
     ),
 }
 
@@ -156,6 +158,21 @@ def _build_llama(folder: Path, zoo_dir: Path, seed: int, world: WorldConfig, set
     return {"metrics": metrics, "train_seconds": train_seconds, "seconds": watch.seconds()}
 
 
+def _clip_part(zoo_dir: Path, key: str, part_settings: dict, seed: int, world: WorldConfig,
+               settings: ClipSettings, progress: bool, threads: int) -> dict:
+    """Build (or reuse) the CLIP part; a top-level function so a worker process can run it."""
+    with torch_threads(threads):
+        return build_part(zoo_dir / CLIP_DIR, key, part_settings,
+                          lambda d: _build_clip(d, zoo_dir, seed, world, settings, progress))
+
+
+def _llama_part(zoo_dir: Path, key: str, part_settings: dict, seed: int, world: WorldConfig,
+                settings: LlamaSettings, progress: bool, threads: int) -> dict:
+    with torch_threads(threads):
+        return build_part(zoo_dir / LLAMA_DIR, key, part_settings,
+                          lambda d: _build_llama(d, zoo_dir, seed, world, settings, progress))
+
+
 def build_zoo(
     out_dir: str | Path,
     seed: int = 0,
@@ -166,8 +183,9 @@ def build_zoo(
 ) -> dict:
     """Build (or reuse) the tokenizer, CLIP and LLaMA under ``out_dir``; returns the ``zoo.json`` record.
 
-    ``size`` is a name in ``SIZES`` ("default", "smoke") or explicit settings; ``threads`` sets torch's
-    intra-op threads for the build (default ``DEFAULT_THREADS``).
+    ``size`` is a name in ``SIZES`` ("default", "smoke") or explicit settings. ``threads`` (default
+    ``DEFAULT_THREADS``) is the CPU budget: with 1 the models train one after the other on one torch thread;
+    with ``n >= 2`` CLIP trains in a worker process on ``n // 2`` threads while LLaMA trains here on the rest.
     """
     if isinstance(size, str):
         if size not in SIZES:
@@ -186,29 +204,34 @@ def build_zoo(
     tok_settings = {**common, "tokenizer_texts": settings.tokenizer_texts, "vocab_size": settings.vocab_size,
                     "max_positions": settings.llama.max_positions}
     tok_key = settings_key(tok_settings)
-    with torch_threads(threads):
-        parts = {
-            "tokenizer": build_part(zoo_dir / TOKENIZER_DIR, tok_key, tok_settings,
-                                    lambda d: _build_tokenizer(d, seed, world, settings)),
-        }
-        clip_settings = {**common, "tokenizer": tok_key, "clip": asdict(settings.clip)}
-        parts["clip"] = build_part(
-            zoo_dir / CLIP_DIR, settings_key(clip_settings), clip_settings,
-            lambda d: _build_clip(d, zoo_dir, seed, world, settings.clip, progress),
-        )
-        llama_settings = {**common, "tokenizer": tok_key, "llama": asdict(settings.llama)}
-        parts["llama"] = build_part(
-            zoo_dir / LLAMA_DIR, settings_key(llama_settings), llama_settings,
-            lambda d: _build_llama(d, zoo_dir, seed, world, settings.llama, progress),
-        )
+    parts = {
+        "tokenizer": build_part(zoo_dir / TOKENIZER_DIR, tok_key, tok_settings,
+                                lambda d: _build_tokenizer(d, seed, world, settings)),
+    }
+    clip_settings = {**common, "tokenizer": tok_key, "clip": asdict(settings.clip)}
+    llama_settings = {**common, "tokenizer": tok_key, "llama": asdict(settings.llama)}
+    clip_args = (zoo_dir, settings_key(clip_settings), clip_settings, seed, world, settings.clip, progress)
+    llama_args = (zoo_dir, settings_key(llama_settings), llama_settings, seed, world, settings.llama, progress)
+    both_missing = (finished_part(zoo_dir / CLIP_DIR, clip_args[1]) is None
+                    and finished_part(zoo_dir / LLAMA_DIR, llama_args[1]) is None)
+    if threads >= 2 and both_missing:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            clip_job = pool.submit(_clip_part, *clip_args, threads // 2)
+            parts["llama"] = _llama_part(*llama_args, threads - threads // 2)
+            parts["clip"] = clip_job.result()
+    else:
+        parts["clip"] = _clip_part(*clip_args, threads)
+        parts["llama"] = _llama_part(*llama_args, threads)
     record = {
         "format_version": FORMAT_VERSION,
         "seed": seed,
         "size": size_name,
         "threads": threads,
+        "parallel": threads >= 2 and both_missing,
         "build_seconds": watch.seconds(),
         "paths": {"tokenizer": TOKENIZER_DIR, "clip": CLIP_DIR, "llama": LLAMA_DIR},
-        "parts": {name: {k: v for k, v in part.items() if k != "settings"} for name, part in parts.items()},
+        "parts": {name: {k: v for k, v in parts[name].items() if k != "settings"}
+                  for name in ("tokenizer", "clip", "llama")},
         "settings": {"world": asdict(world), "zoo": asdict(settings)},
     }
     atomic_write_json(zoo_dir / ZOO_FILE, record, indent=2)

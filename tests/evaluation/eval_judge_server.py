@@ -6,7 +6,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from conftest import ReplayJudge
+from eval_helpers import ReplayJudge
 
 
 class ReplayServer:
@@ -29,7 +29,10 @@ class ReplayServer:
                     return
                 reply = server.judge.reply_for(body["messages"][-1]["content"])
                 data = json.dumps(
-                    {"model": body["model"], "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}
+                    {
+                        "model": body["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}],
+                    }
                 ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

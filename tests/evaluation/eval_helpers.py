@@ -1,11 +1,9 @@
-"""Shared fixtures: paths of the golden metric fixtures and an offline judge replaying their canned replies."""
+"""Shared test helpers: paths of the golden metric fixtures and an offline judge replaying their canned replies."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import pytest
 
 from aligngpt.evaluation.judge import JudgeRequest
 
@@ -61,8 +59,3 @@ def fixture_dir(name: str) -> Path:
 
 def predictions_path(name: str) -> Path:
     return fixture_dir(name) / "inputs" / PREDICTIONS[name]
-
-
-@pytest.fixture
-def replay_judge():
-    return lambda name: ReplayJudge(fixture_dir(name) / "inputs" / "judge_replies.json")

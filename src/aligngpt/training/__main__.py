@@ -1,0 +1,15 @@
+"""``python -m aligngpt.training ...`` = ``aligngpt train ...`` (handy under ``torchrun``)."""
+
+import typer
+
+from aligngpt.training.cli import train_command
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(train_command)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The model and processor a run starts from: an AlignGPT folder, or a new one assembled from a vision tower and an
+LLM, optionally with a stage-1 adapter (ours or official) loaded on top."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import AutoConfig
+
+from aligngpt.config import vision_has_cls_token
+from aligngpt.modeling import AlignGPTForConditionalGeneration, build_from_pretrained_parts
+from aligngpt.processing import AlignGPTProcessor, load_image_processor, load_tokenizer
+from aligngpt.training.adapter import LEVEL_TABLE_KEY, load_stage1_adapter
+from aligngpt.training.config import TrainConfig
+from aligngpt.training.recipes import Recipe
+
+
+@dataclass
+class StartingPoint:
+    model: AlignGPTForConditionalGeneration
+    processor: AlignGPTProcessor
+    notes: list[str] = field(default_factory=list)
+
+
+def build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
+    """Load or assemble the model for ``recipe``; raises ``ValueError`` when stage 2 would start untrained."""
+    notes: list[str] = []
+    level_table_trained = False
+    if config.model is not None:
+        overrides = {"alignment_mode": config.alignment_mode} if config.alignment_mode else {}
+        model, info = AlignGPTForConditionalGeneration.from_pretrained(
+            config.model, output_loading_info=True, **overrides
+        )
+        level_table_trained = LEVEL_TABLE_KEY not in info["missing_keys"]
+        processor = AlignGPTProcessor.from_pretrained(
+            config.model,
+            use_alignment_token=model.config.uses_alignment_token,
+            model_max_length=config.model_max_length,
+        )
+    else:
+        vision_config = AutoConfig.from_pretrained(config.vision_tower)
+        vision_config = getattr(vision_config, "vision_config", vision_config)
+        model_kwargs = dict(
+            projector_type=config.projector_type,
+            alignment_mode=config.alignment_mode or "adaptive",
+            num_alignment_levels=config.num_alignment_levels,
+            image_pool_stride=config.image_pool_stride,
+            vision_feature_layer=config.vision_feature_layer,
+            model_max_length=config.model_max_length,
+            vision_feature_select="patch" if vision_has_cls_token(vision_config) else "all",
+        )
+        if config.chat_template_name:
+            model_kwargs["chat_template_name"] = config.chat_template_name
+        model = build_from_pretrained_parts(config.vision_tower, config.llm, **model_kwargs)
+        processor = AlignGPTProcessor.from_config(
+            model.config, load_tokenizer(config.llm), load_image_processor(config.vision_tower)
+        )
+    model.config.model_max_length = config.model_max_length
+    if config.stage1_adapter is not None:
+        notes += load_stage1_adapter(model, config.stage1_adapter)
+        level_table_trained = True
+        notes.append(f"loaded the stage-1 adapter {config.stage1_adapter}")
+    if recipe.stage == "finetune" and model.config.uses_alignment_token and not level_table_trained:
+        raise ValueError(
+            f"{recipe.name}: the model has no trained level table; start from a stage-1 output (model) or pass "
+            "stage1_adapter"
+        )
+    if recipe.stage == "finetune":
+        # The aspect-ratio handling stage 2 trains with is the one inference must use.
+        model.config.image_aspect_ratio = config.image_aspect_ratio
+        processor.image_aspect_ratio = config.image_aspect_ratio
+    return StartingPoint(model, processor, notes)

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+from torch.utils.data import BatchSampler
+
+from aligngpt.data.records import Record
+from aligngpt.data.sampler import ModalityLengthGroupedSampler, modality_lengths, word_count_length
+
+
+def _lengths(n_image, n_text, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = np.concatenate([rng.integers(1, 500, n_image), -rng.integers(1, 500, n_text)])
+    return rng.permutation(lengths).tolist()
+
+
+def _micro_batches(sampler, size):
+    return list(BatchSampler(sampler, size, drop_last=False))
+
+
+@pytest.mark.parametrize(
+    ("n_image", "n_text", "batch", "world", "accum"),
+    [(300, 77, 4, 2, 2), (100, 100, 8, 1, 1), (37, 0, 4, 2, 1), (0, 29, 4, 1, 3), (5, 3, 16, 1, 1), (131, 59, 6, 3, 2)],
+)
+def test_micro_batches_are_single_modality_except_one_leftover(n_image, n_text, batch, world, accum):
+    lengths = _lengths(n_image, n_text, seed=n_image + n_text)
+    sampler = ModalityLengthGroupedSampler(lengths, batch, world_size=world, grad_accum=accum, seed=1)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(lengths)))  # a permutation
+    mixed = [k for k, mb in enumerate(_micro_batches(sampler, batch)) if len({lengths[i] > 0 for i in mb}) > 1]
+    assert len(mixed) <= 1
+    n_batches = -(-len(lengths) // batch)
+    if (n_image % (batch * world * accum)) % batch + (n_text % (batch * world * accum)) % batch <= batch:
+        assert mixed in ([], [n_batches - 1])  # the final leftover micro-batch
+    else:
+        assert mixed == [n_batches - 2]  # impossible to be last: the last one is then single-modality
+
+
+def test_order_is_deterministic_by_seed_and_epoch():
+    lengths = _lengths(200, 90)
+    a = ModalityLengthGroupedSampler(lengths, 4, world_size=2, seed=7)
+    b = ModalityLengthGroupedSampler(lengths, 4, world_size=2, seed=7)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert list(a) == list(b) != first
+    assert list(ModalityLengthGroupedSampler(lengths, 4, world_size=2, seed=8)) != first
+
+
+def test_megabatches_balance_length_across_micro_batches():
+    lengths = _lengths(512, 0, seed=3)
+    sampler = ModalityLengthGroupedSampler(lengths, 8, world_size=4, grad_accum=2, seed=0)
+    spread = []
+    for mb_start in range(0, 512, 64):
+        totals = [sum(lengths[i] for i in mb) for mb in _micro_batches(list(sampler)[mb_start : mb_start + 64], 8)]
+        spread.append(max(totals) - min(totals))
+    # greedy balancing: totals within one mega-batch differ by at most the largest single length
+    assert max(spread) <= max(abs(x) for x in lengths)
+
+
+def test_word_count_lengths_follow_the_spec():
+    image = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nTwo words"}, {"from": "gpt", "value": "three more  words"}]}
+    text = {"conversations": [{"from": "human", "value": "hi there"}, {"from": "gpt", "value": ""}]}
+    empty = {"conversations": [{"from": "human", "value": " "}]}
+    assert modality_lengths([image, text, empty]) == [6, -2, -1]
+    assert word_count_length(Record.from_raw(image, 0)) == 6
+    with pytest.raises(ValueError, match="length 0"):
+        ModalityLengthGroupedSampler([3, 0, -2], 2)
