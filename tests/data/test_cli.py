@@ -20,8 +20,12 @@ def _setup(tmp_path, records):
 
 
 def test_data_check_passes_on_good_data(tmp_path):
-    data, root = _setup(tmp_path, [{"id": "1", "image": "a.png", "conversations": _conv("<image>\nQ", "A"), "similarity": 0}])
-    result = CliRunner().invoke(app, ["data", "check", str(data), "--images", str(root), "--stage", "pretrain", "--no-progress"])
+    data, root = _setup(
+        tmp_path, [{"id": "1", "image": "a.png", "conversations": _conv("<image>\nQ", "A"), "similarity": 0}]
+    )
+    result = CliRunner().invoke(
+        app, ["data", "check", str(data), "--images", str(root), "--stage", "pretrain", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "1 records checked: 1 good, 0 bad" in result.output
 
@@ -51,4 +55,4 @@ def test_data_check_reports_invalid_json_with_line(tmp_path):
     data.write_text('{"id": "1"}\n{"id": 2,,}\n')
     result = CliRunner().invoke(app, ["data", "check", str(data), "--images", str(root)])
     assert result.exit_code == 2
-    assert "line 2, column 11" in result.output
+    assert "data.jsonl: line 2, column 10" in result.output  # the second comma

@@ -24,7 +24,9 @@ def root(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("bad", ["../secret.png", "a/../../secret.png", "/etc/passwd", "C:\\x.png", "\\\\srv\\x.png", ""])
+@pytest.mark.parametrize(
+    "bad", ["../secret.png", "a/../../secret.png", "/etc/passwd", "C:\\x.png", "\\\\srv\\x.png", ""]
+)
 def test_unsafe_paths_are_refused_without_being_opened(root, monkeypatch, bad):
     def never(*args, **kwargs):
         raise AssertionError("an unsafe path was opened")

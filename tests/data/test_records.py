@@ -39,7 +39,12 @@ def test_json_array_random_access_matches_json_load(tmp_path, monkeypatch, chunk
     if indent:
         assert all(lines[recs.line_of(i) - 1].strip() == "{" for i in range(60))
     rec = recs[5]
-    assert isinstance(rec, Record) and rec.id == "000005" and rec.level == 5 and rec.caption == data[5]["conversations"][1]["value"]
+    assert (
+        isinstance(rec, Record)
+        and rec.id == "000005"
+        and rec.level == 5
+        and rec.caption == data[5]["conversations"][1]["value"]
+    )
     with pytest.raises(IndexError):
         recs.raw(60)
 
@@ -47,7 +52,12 @@ def test_json_array_random_access_matches_json_load(tmp_path, monkeypatch, chunk
 def test_jsonl_random_access_skips_blank_lines(tmp_path):
     data = _records(10)
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in data[:5]) + "\n\n" + "\n".join(json.dumps(r) for r in data[5:]) + "\n")
+    path.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in data[:5])
+        + "\n\n"
+        + "\n".join(json.dumps(r) for r in data[5:])
+        + "\n"
+    )
     recs = RecordFile(path)
     assert recs.format == "jsonl" and len(recs) == 10
     assert [recs.raw(i) for i in range(10)] == data

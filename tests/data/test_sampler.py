@@ -58,7 +58,13 @@ def test_megabatches_balance_length_across_micro_batches():
 
 
 def test_word_count_lengths_follow_the_spec():
-    image = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nTwo words"}, {"from": "gpt", "value": "three more  words"}]}
+    image = {
+        "image": "a.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nTwo words"},
+            {"from": "gpt", "value": "three more  words"},
+        ],
+    }
     text = {"conversations": [{"from": "human", "value": "hi there"}, {"from": "gpt", "value": ""}]}
     empty = {"conversations": [{"from": "human", "value": " "}]}
     assert modality_lengths([image, text, empty]) == [6, -2, -1]

@@ -18,7 +18,12 @@ def _conv(*turns):
     return [{"from": role, "value": value} for role, value in turns]
 
 
-GOOD_IMAGE = {"id": "good", "image": "a.png", "conversations": _conv(("human", "<image>\nQ?"), ("gpt", "A.")), "similarity": 3}
+GOOD_IMAGE = {
+    "id": "good",
+    "image": "a.png",
+    "conversations": _conv(("human", "<image>\nQ?"), ("gpt", "A.")),
+    "similarity": 3,
+}
 GOOD_TEXT = {"id": "text", "conversations": _conv(("human", "Q?"), ("gpt", "A."), ("human", "Q2"), ("gpt", "A2"))}
 
 # (record, stage, expected problem kinds)
@@ -30,12 +35,20 @@ CASES = [
     ({**GOOD_IMAGE, "image": "huge.png"}, None, {"image_too_large"}),
     ({**GOOD_IMAGE, "image": "../a.png"}, None, {"unsafe_image_path"}),
     ({**GOOD_IMAGE, "conversations": _conv(("human", "Q?"), ("gpt", "A."))}, None, {"no_image_token"}),
-    ({**GOOD_IMAGE, "conversations": _conv(("human", "<image><image>Q"), ("gpt", "A"))}, None, {"multiple_image_tokens"}),
+    (
+        {**GOOD_IMAGE, "conversations": _conv(("human", "<image><image>Q"), ("gpt", "A"))},
+        None,
+        {"multiple_image_tokens"},
+    ),
     ({**GOOD_IMAGE, "conversations": _conv(("human", "Q"), ("gpt", "<image> A"))}, None, {"image_token_in_answer"}),
     ({**GOOD_TEXT, "conversations": _conv(("human", "<image>\nQ"), ("gpt", "A"))}, None, {"image_token_in_text_only"}),
     ({**GOOD_IMAGE, "conversations": []}, None, {"empty_conversation", "no_image_token"}),
     ({**GOOD_TEXT, "conversations": _conv(("gpt", "A"), ("human", "Q"))}, None, {"roles_not_alternating"}),
-    ({**GOOD_TEXT, "conversations": _conv(("human", "Q"), ("human", "Q"), ("gpt", "A"))}, None, {"roles_not_alternating"}),
+    (
+        {**GOOD_TEXT, "conversations": _conv(("human", "Q"), ("human", "Q"), ("gpt", "A"))},
+        None,
+        {"roles_not_alternating"},
+    ),
     ({**GOOD_TEXT, "conversations": _conv(("human", "Q"), ("gpt", "  "))}, None, {"empty_value"}),
     ({k: v for k, v in GOOD_IMAGE.items() if k != "similarity"}, "pretrain", {"missing_level"}),
     ({k: v for k, v in GOOD_IMAGE.items() if k != "similarity"}, "finetune", set()),
@@ -85,7 +98,13 @@ def test_each_problem_is_detected(tmp_path, root, record, stage, kinds):
 
 
 def test_too_long_uses_the_callers_length_function(tmp_path, root):
-    records = _write(tmp_path, [GOOD_IMAGE, {**GOOD_IMAGE, "id": "long", "conversations": _conv(("human", "<image>\n" + "w " * 50), ("gpt", "x"))}])
+    records = _write(
+        tmp_path,
+        [
+            GOOD_IMAGE,
+            {**GOOD_IMAGE, "id": "long", "conversations": _conv(("human", "<image>\n" + "w " * 50), ("gpt", "x"))},
+        ],
+    )
 
     def length_of(record):  # fake processor: image expands to 20 tokens, one token per word
         return 20 + sum(len(m.value.replace("<image>", "").split()) for m in record.conversations)
@@ -104,7 +123,12 @@ def test_too_long_uses_the_callers_length_function(tmp_path, root):
 
 
 def _mixed(tmp_path):
-    data = [GOOD_IMAGE, {**GOOD_IMAGE, "id": "b1", "image": "missing.png"}, GOOD_TEXT, {**GOOD_TEXT, "id": "b2", "conversations": []}]
+    data = [
+        GOOD_IMAGE,
+        {**GOOD_IMAGE, "id": "b1", "image": "missing.png"},
+        GOOD_TEXT,
+        {**GOOD_TEXT, "id": "b2", "conversations": []},
+    ]
     return _write(tmp_path, data)
 
 
@@ -123,7 +147,10 @@ def test_skip_policy_counts_and_writes_a_report(tmp_path, root, workers):
     assert list(result.good_indices) == [0, 2]
     assert result.counts == {"missing_image": 1, "empty_conversation": 1}
     lines = [json.loads(x) for x in report_path.read_text().splitlines()]
-    assert [(x["index"], x["id"], x["file"]) for x in lines] == [(1, "b1", str(records.path)), (3, "b2", str(records.path))]
+    assert [(x["index"], x["id"], x["file"]) for x in lines] == [
+        (1, "b1", str(records.path)),
+        (3, "b2", str(records.path)),
+    ]
     assert lines[0]["problems"][0]["kind"] == "missing_image"
     assert "2 bad" in result.summary()
 

@@ -10,7 +10,28 @@ import pytest
 import torch
 from PIL import Image
 
-WORDS = "a the photo of red green blue small big cat dog car tree house on in with near two one".split()
+WORDS = [
+    "a",
+    "the",
+    "photo",
+    "of",
+    "red",
+    "green",
+    "blue",
+    "small",
+    "big",
+    "cat",
+    "dog",
+    "car",
+    "tree",
+    "house",
+    "on",
+    "in",
+    "with",
+    "near",
+    "two",
+    "one",
+]
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 MAX_TEXT = 16
 IMAGE_SIZE = 32

@@ -104,7 +104,7 @@ def score_dataset(config: ScoreConfig, encoder: Any = None) -> ScoreResult:
             from aligngpt.scoring.encoder import DualEncoder
 
             encoder = DualEncoder.load(config.clip, device=config.device, dtype=config.dtype)
-        _score_batches(config, records, batches, pending, encoder, log)
+        score_batches(config, records, batches, pending, encoder, log)
     return _finish(config, records, image_indices, log)
 
 
@@ -134,7 +134,7 @@ def _keep(item: Any) -> Any:
     return item
 
 
-def _score_batches(
+def score_batches(
     config: ScoreConfig,
     records: RecordFile,
     batches: list[list[int]],
@@ -142,6 +142,10 @@ def _score_batches(
     encoder: Any,
     log: ScoreLog,
 ) -> None:
+    """Score batches ``pending`` (numbers into ``batches``) and append each to ``log`` as soon as it is done.
+
+    Workers read, decode and preprocess batch k+1.. while the model runs on batch k in this process.
+    """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 

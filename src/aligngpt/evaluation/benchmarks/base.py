@@ -31,6 +31,7 @@ class Benchmark(ABC):
     """
 
     name: ClassVar[str]
+    folder: ClassVar[str]  # the benchmark's sub-folder of LLaVA's ``playground/data/eval``
     aliases: ClassVar[tuple[str, ...]] = ()
     max_new_tokens: ClassVar[int]
     image_aspect_ratio: ClassVar[str]  # "pad" (pad to square first) or "square" (processor only)

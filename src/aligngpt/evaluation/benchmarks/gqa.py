@@ -65,6 +65,7 @@ def avg(values: list) -> float:
 
 class GQA(LoaderBenchmark):
     name = "gqa"
+    folder = "gqa"
     question_files = ("llava_gqa_testdev_balanced.jsonl",)
     image_dirs = ("data/images", "images")
     gqa_question_files = ("testdev_balanced_questions.json", "data/testdev_balanced_questions.json")

@@ -69,6 +69,7 @@ def summarize(reviews: list[dict]) -> tuple[dict, dict]:
 
 class LLaVABench(LoaderBenchmark):
     name = "llava_bench_in_the_wild"
+    folder = "llava-bench-in-the-wild"
     aliases = ("llava_bench", "llava-bench", "llava_w", "llava-w", "llava-bench-in-the-wild", "llavabench")
     max_new_tokens = LONG_MAX_NEW_TOKENS
     image_aspect_ratio = "square"

@@ -85,6 +85,7 @@ def _runs_text(values: list[float]) -> str:
 
 class MMVet(LoaderBenchmark):
     name = "mm_vet"
+    folder = "mm-vet"
     aliases = ("mmvet", "mm-vet")
     max_new_tokens = LONG_MAX_NEW_TOKENS
     image_aspect_ratio = "square"

@@ -185,6 +185,7 @@ def report(rows: list[dict], group: str | None) -> dict[str, list]:
 
 class MMBench(Benchmark):
     name = "mmbench"
+    folder = "mmbench"
     aliases = ("mmbench_en", "mmbench-en")
     max_new_tokens = LONG_MAX_NEW_TOKENS
     image_aspect_ratio = "pad"
@@ -304,6 +305,7 @@ class MMBench(Benchmark):
 
 class MMBenchCN(MMBench):
     name = "mmbench_cn"
+    folder = "mmbench_cn"
     aliases = ("mmbench-cn",)
     question_files = ("mmbench_dev_cn_20231003.tsv",)
     lang = "cn"

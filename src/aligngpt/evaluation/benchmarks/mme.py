@@ -102,6 +102,7 @@ def task_metrics(lines: list[str], where: str) -> dict:
 
 class MME(LoaderBenchmark):
     name = "mme"
+    folder = "MME"
     question_files = ("llava_mme.jsonl", "llava_mme_1.jsonl")
     image_dirs = (GT_ROOT,)
     headline_key = "Perception"

@@ -68,6 +68,7 @@ def _fmt(value: float | None) -> str:
 
 class POPE(LoaderBenchmark):
     name = "pope"
+    folder = "pope"
     question_files = ("llava_pope_test.jsonl",)
     image_dirs = ("val2014",)
     label_dirs = ("coco",)

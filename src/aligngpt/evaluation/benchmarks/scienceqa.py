@@ -44,6 +44,7 @@ def letter_index(letter: str, num_choices: int, options: tuple[str, ...] = OPTIO
 
 class ScienceQAImg(Benchmark):
     name = "scienceqa_img"
+    folder = "scienceqa"
     aliases = ("sqa", "scienceqa", "sqa_img", "scienceqa-img")
     max_new_tokens = LONG_MAX_NEW_TOKENS
     image_aspect_ratio = "square"

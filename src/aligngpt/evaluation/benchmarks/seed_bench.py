@@ -21,6 +21,7 @@ def _int_or_same(qid):
 
 class SEEDBench(LoaderBenchmark):
     name = "seed_bench"
+    folder = "seed_bench"
     aliases = ("seed", "seed_img", "seed-bench")
     question_files = ("llava-seed-bench.jsonl", "llava-seed-bench-2.jsonl")
     image_dirs = (".",)

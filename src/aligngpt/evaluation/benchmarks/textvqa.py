@@ -32,6 +32,7 @@ def question_from_prompt(prompt: str) -> str:
 
 class TextVQA(LoaderBenchmark):
     name = "textvqa"
+    folder = "textvqa"
     question_files = ("llava_textvqa_val_v051_ocr.jsonl",)
     image_dirs = ("train_images",)
     annotation_files = ("TextVQA_0.5.1_val.json",)

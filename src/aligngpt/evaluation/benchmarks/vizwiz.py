@@ -24,6 +24,7 @@ UNANSWERABLE = "unanswerable"
 
 class VizWiz(LoaderBenchmark):
     name = "vizwiz"
+    folder = "vizwiz"
     question_files = ("llava_test.jsonl",)
     image_dirs = ("test",)
     annotation_files = ("val_synthetic.json", "Annotations/val.json", "val.json")

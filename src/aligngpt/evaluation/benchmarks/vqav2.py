@@ -31,6 +31,7 @@ def group_percent(scores: list[float], groups: list[str]) -> tuple[dict[str, flo
 
 class VQAv2(LoaderBenchmark):
     name = "vqav2"
+    folder = "vqav2"
     question_files = ("llava_vqav2_mscoco_test-dev2015.jsonl",)
     image_dirs = ("test2015",)
     full_test_files = ("llava_vqav2_mscoco_test2015.jsonl",)
