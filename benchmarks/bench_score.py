@@ -31,7 +31,29 @@ from aligngpt.scoring.encoder import DualEncoder
 from aligngpt.scoring.run import ScoreConfig, image_record_indices, score_batches, score_dataset
 from aligngpt.scoring.score_log import ScoreLog
 
-WORDS = "a photo of the red green blue small large cat dog car tree house street with on in near two people".split()
+WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "red",
+    "green",
+    "blue",
+    "small",
+    "large",
+    "cat",
+    "dog",
+    "car",
+    "tree",
+    "house",
+    "street",
+    "with",
+    "on",
+    "in",
+    "near",
+    "two",
+    "people",
+]
 IMAGE_SIZE = (500, 375)  # a typical CC3M / LAION thumbnail
 PRESETS = {  # (vision hidden, layers, heads, patch, resolution), (text hidden, layers, heads)
     "b32": ((768, 12, 12, 32, 224), (512, 12, 8)),

@@ -86,7 +86,9 @@ def test_noise_knobs():
     assert any(qa.task == "position" for qa in turns)
     captions = [qa for i, s in enumerate(scenes) for qa in make_conversation(s, stream_rng(2, "b", i), caption_noise)]
     assert 0.4 < sum(qa.noisy for qa in captions) / len(captions) < 0.6
-    clean = [qa for i, s in enumerate(scenes) for qa in make_conversation(s, stream_rng(2, "c", i), InstructionConfig())]
+    clean = [
+        qa for i, s in enumerate(scenes) for qa in make_conversation(s, stream_rng(2, "c", i), InstructionConfig())
+    ]
     assert not any(qa.noisy for qa in clean)
 
 
@@ -102,8 +104,10 @@ def test_conversation_turns_and_task_mix():
     assert set(tasks) == set(config.task_weights)
 
 
-@pytest.mark.parametrize("kwargs", [{"noisy_tasks": ("dance",)}, {"max_turns": 0}, {"noise_fraction": 2.0},
-                                    {"task_weights": {"caption": -1.0}}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"noisy_tasks": ("dance",)}, {"max_turns": 0}, {"noise_fraction": 2.0}, {"task_weights": {"caption": -1.0}}],
+)
 def test_bad_instruction_settings_are_rejected(kwargs):
     with pytest.raises(ValueError):
         InstructionConfig(**kwargs)

@@ -30,7 +30,10 @@ def test_parser_recovers_every_object_of_a_clean_caption():
 def test_parser_handles_free_text():
     mentions = parse_caption("I see two Red Circles, an orange cross on the right and nothing else. Blue square!")
     assert [(m.type.name, m.position) for m in mentions] == [
-        ("red circle", None), ("orange cross", "right"), ("blue square", None)]
+        ("red circle", None),
+        ("orange cross", "right"),
+        ("blue square", None),
+    ]
     assert parse_caption("a picture of shapes") == []
 
 
@@ -60,16 +63,20 @@ def test_true_alignment_matches_the_text_and_kinds():
 
 def test_kind_fractions_are_parameters():
     only_unrelated = PretrainNoiseConfig(clean_fraction=0, partial_fraction=0, unrelated_fraction=1)
-    kinds = Counter(noisy_caption(s, stream_rng(2, "n", i), WORLD, only_unrelated).kind
-                    for i, s in enumerate(_scenes(50, seed=2)))
+    kinds = Counter(
+        noisy_caption(s, stream_rng(2, "n", i), WORLD, only_unrelated).kind for i, s in enumerate(_scenes(50, seed=2))
+    )
     assert kinds == {"unrelated": 50}
 
 
 def test_corruption_probability_controls_damage():
     scenes = [s for s in _scenes(400, seed=3) if len(s.objects) >= 3]
+
     def mean_alignment(prob):
-        return sum(alignment_f1(corrupt_mentions(s, prob, stream_rng(3, "c", i)), s)
-                   for i, s in enumerate(scenes)) / len(scenes)
+        return sum(
+            alignment_f1(corrupt_mentions(s, prob, stream_rng(3, "c", i)), s) for i, s in enumerate(scenes)
+        ) / len(scenes)
+
     assert mean_alignment(0.1) > mean_alignment(0.5) > mean_alignment(0.95)
 
 

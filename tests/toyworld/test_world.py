@@ -71,9 +71,7 @@ def test_partners_co_occur_far_more_often_than_other_types():
 
 def test_no_partners_when_probability_zero():
     world = WorldConfig(partner_prob=0.0)
-    together = sum(
-        any(partner_of(t) in s.types for t in s.types) for s in (_scene(4, i, world) for i in range(400))
-    )
+    together = sum(any(partner_of(t) in s.types for t in s.types) for s in (_scene(4, i, world) for i in range(400)))
     # Only chance co-occurrence remains (a partner among the other 1..3 uniform draws).
     assert together / 400 < 0.2
 
@@ -91,8 +89,9 @@ def test_rendered_image_has_object_colours_in_their_cells():
             assert grey.max() - grey.min() < 5
 
 
-@pytest.mark.parametrize("kwargs", [{"min_objects": 0}, {"max_objects": 10}, {"partner_prob": 1.5},
-                                    {"partnered_types": ("pink circle",)}])
+@pytest.mark.parametrize(
+    "kwargs", [{"min_objects": 0}, {"max_objects": 10}, {"partner_prob": 1.5}, {"partnered_types": ("pink circle",)}]
+)
 def test_bad_world_settings_are_rejected(kwargs):
     with pytest.raises(ValueError):
         WorldConfig(**kwargs)

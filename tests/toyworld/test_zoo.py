@@ -22,7 +22,7 @@ from aligngpt.toyworld.samples import scene_and_image
 from aligngpt.toyworld.world import WorldConfig
 from aligngpt.toyworld.zoo import SIZES, build_zoo
 from aligngpt.toyworld.zoo.clip import to_pixels
-from aligngpt.toyworld.zoo.corpus import TEMPLATE_STRINGS, VICUNA_SYSTEM, lm_texts, vocabulary_strings, vicuna_v1
+from aligngpt.toyworld.zoo.corpus import TEMPLATE_STRINGS, VICUNA_SYSTEM, lm_texts, vicuna_v1, vocabulary_strings
 from aligngpt.toyworld.zoo.parts import build_part
 from aligngpt.toyworld.zoo.stats import spearman
 

@@ -66,7 +66,11 @@ def chat(
 
     where = f"image: {choice.source}" if choice.source else "no image"
     write(f"AlignGPT chat ({where}; template {pipeline.template.name}). /help lists commands, Ctrl-D leaves.\n")
-    run_chat(session, choice, lambda: input("USER: "), write, show_alignment=show_alignment)
+    def read_line() -> str:
+        write("USER: ")  # written here, not by input(): readline would send it to stderr
+        return input()
+
+    run_chat(session, choice, read_line, write, show_alignment=show_alignment)
     write("\n")
 
 

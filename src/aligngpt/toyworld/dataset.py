@@ -88,16 +88,18 @@ def _pretrain_records(out_dir: Path, cfg: DatasetConfig, resume: bool, progress:
         sample = pretrain_sample(cfg.seed, i, cfg.world, cfg.pretrain_noise)
         rel = _image_path("pretrain", i)
         _save_image(out_dir, rel, sample.image, resume)
-        records.append({
-            "id": f"pretrain-{i:06d}",
-            "image": rel,
-            "conversations": [
-                {"from": "human", "value": f"{IMAGE_TOKEN}\n{sample.prompt}"},
-                {"from": "gpt", "value": sample.caption.text},
-            ],
-            "true_alignment": round(sample.caption.true_alignment, ALIGNMENT_DECIMALS),
-            "noise_kind": sample.caption.kind,
-        })
+        records.append(
+            {
+                "id": f"pretrain-{i:06d}",
+                "image": rel,
+                "conversations": [
+                    {"from": "human", "value": f"{IMAGE_TOKEN}\n{sample.prompt}"},
+                    {"from": "gpt", "value": sample.caption.text},
+                ],
+                "true_alignment": round(sample.caption.true_alignment, ALIGNMENT_DECIMALS),
+                "noise_kind": sample.caption.kind,
+            }
+        )
     return records
 
 
@@ -152,9 +154,7 @@ def _stats(pretrain: list[dict], finetune: list[dict]) -> dict:
     }
 
 
-def write_dataset(
-    out_dir: str | Path, config: DatasetConfig | None = None, progress: bool = True, **overrides
-) -> Path:
+def write_dataset(out_dir: str | Path, config: DatasetConfig | None = None, progress: bool = True, **overrides) -> Path:
     """Write the toy-world dataset to ``out_dir``; returns the path of ``world.json``.
 
     ``overrides`` replace fields of ``config`` (e.g. ``seed=3, n_pretrain=1000``).
@@ -178,16 +178,19 @@ def write_dataset(
     atomic_write_json(out_dir / "finetune.json", finetune)
     eval_counts = _write_eval(out_dir, cfg, resume, progress)
 
-    atomic_write_json(world_file, {
-        "settings": settings,
-        "image_folder": IMAGE_FOLDER,
-        "files": {
-            "pretrain": "pretrain.json",
-            "finetune": "finetune.json",
-            "eval": {name: {"questions": q, "truth": t} for name, (q, t) in EVAL_FILES.items()},
+    atomic_write_json(
+        world_file,
+        {
+            "settings": settings,
+            "image_folder": IMAGE_FOLDER,
+            "files": {
+                "pretrain": "pretrain.json",
+                "finetune": "finetune.json",
+                "eval": {name: {"questions": q, "truth": t} for name, (q, t) in EVAL_FILES.items()},
+            },
+            "counts": {"pretrain": len(pretrain), "finetune": len(finetune), "eval_questions": eval_counts},
+            "stats": _stats(pretrain, finetune),
         },
-        "counts": {"pretrain": len(pretrain), "finetune": len(finetune), "eval_questions": eval_counts},
-        "stats": _stats(pretrain, finetune),
-    })
+    )
     (out_dir / PARTIAL_FILE).unlink(missing_ok=True)
     return world_file

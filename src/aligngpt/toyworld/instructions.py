@@ -161,8 +161,10 @@ def make_qa(task: str, scene: Scene, rng: np.random.Generator, noisy: bool = Fal
         return QA(task, _short(f"What color is the object {obj.position_phrase}?"), answer, noisy, task)
     if task == "shape":
         unique_colour = sum(o.type.colour == obj.type.colour for o in scene.objects) == 1
-        ref = f"the {obj.type.colour} object" if unique_colour and rng.random() < 0.5 else (
-            f"the object {obj.position_phrase}"
+        ref = (
+            f"the {obj.type.colour} object"
+            if unique_colour and rng.random() < 0.5
+            else (f"the object {obj.position_phrase}")
         )
         answer = _other(SHAPES, obj.type.shape, rng) if noisy else obj.type.shape
         return QA(task, _short(f"What shape is {ref}?"), answer, noisy, task)

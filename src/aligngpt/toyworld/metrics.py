@@ -22,8 +22,19 @@ from pathlib import Path
 from aligngpt.toyworld.text import hallucinated_partners, parse_caption
 from aligngpt.toyworld.world import ObjectType, Scene, SceneObject
 
-NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+NUMBER_WORDS = {
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 ARTICLES = {"a", "an", "the"}
 NEGATION_WORDS = {"no", "not"}
 _PUNCTUATION = re.compile(r"[^\w\s]")

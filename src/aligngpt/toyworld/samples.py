@@ -40,16 +40,18 @@ def scene_and_image(seed: int, split: str, index: int, world: WorldConfig) -> tu
     return scene, render_scene(scene, rng, world)
 
 
-def pretrain_sample(seed: int, index: int, world: WorldConfig, noise: PretrainNoiseConfig,
-                    split: str = "pretrain") -> PretrainSample:
+def pretrain_sample(
+    seed: int, index: int, world: WorldConfig, noise: PretrainNoiseConfig, split: str = "pretrain"
+) -> PretrainSample:
     scene, image = scene_and_image(seed, split, index, world)
     rng = stream_rng(seed, f"{split}-text", index)
     prompt = PRETRAIN_PROMPTS[int(rng.integers(len(PRETRAIN_PROMPTS)))]
     return PretrainSample(scene, image, prompt, noisy_caption(scene, rng, world, noise))
 
 
-def finetune_sample(seed: int, index: int, world: WorldConfig, config: InstructionConfig,
-                    split: str = "finetune") -> FinetuneSample:
+def finetune_sample(
+    seed: int, index: int, world: WorldConfig, config: InstructionConfig, split: str = "finetune"
+) -> FinetuneSample:
     rng = stream_rng(seed, f"{split}-text", index)
     if rng.random() < config.text_only_fraction:
         return FinetuneSample(None, None, (make_text_only(rng),))

@@ -81,7 +81,9 @@ class SceneObject:
 
     @staticmethod
     def from_dict(record: dict[str, object]) -> SceneObject:
-        return SceneObject(ObjectType(str(record["colour"]), str(record["shape"])), int(record["row"]), int(record["col"]))
+        return SceneObject(
+            ObjectType(str(record["colour"]), str(record["shape"])), int(record["row"]), int(record["col"])
+        )
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,9 @@ class WorldConfig:
     def __post_init__(self) -> None:
         cells = GRID_SIZE * GRID_SIZE
         if not 1 <= self.min_objects <= self.max_objects <= cells:
-            raise ValueError(f"need 1 <= min_objects <= max_objects <= {cells}, got "
-                             f"{self.min_objects}, {self.max_objects}")
+            raise ValueError(
+                f"need 1 <= min_objects <= max_objects <= {cells}, got {self.min_objects}, {self.max_objects}"
+            )
         if not 0.0 <= self.partner_prob <= 1.0:
             raise ValueError(f"partner_prob must be in [0, 1], got {self.partner_prob}")
         if self.image_size < GRID_SIZE * 4:

@@ -96,8 +96,7 @@ class TrainConfig:
     save_steps: int = _opt("Write a checkpoint every this many steps.", 500, "engine")
     save_total_limit: int | None = _opt("Keep at most this many checkpoints.", None, "engine")
     deepspeed: str | None = _opt("DeepSpeed JSON config (configs/zero2.json, configs/zero3.json).", None, "engine")
-    fsdp: str | None = _opt("FSDP mode, e.g. 'full_shard auto_wrap' (see configs/fsdp.yaml).", None, "engine")
-    fsdp_config: str | None = _opt("FSDP config file (JSON/YAML) for the Trainer.", None, "engine")
+    fsdp_config: str | None = _opt("Train with FSDP, configured by this JSON/YAML file (configs/fsdp.json).", None, "engine")
     torch_threads: int | None = _opt("torch intra-op threads (CPU).", None, "engine")
     use_cpu: bool = _opt("Train on CPU even when a GPU is present.", False, "engine")
     report_to: str = _opt("Trainer integrations to report to (none, tensorboard, wandb...).", "none", "engine")
@@ -175,6 +174,8 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"image_aspect_ratio must be pad or square, got {config.image_aspect_ratio!r}")
     if config.train_llm_lr_scale is not None and config.recipe != "pretrain":
         raise ValueError("train_llm_lr_scale is a pretrain option (stage 2 trains the LLM anyway)")
+    if config.deepspeed and config.fsdp_config:
+        raise ValueError("choose DeepSpeed or FSDP, not both")
     from_parts = config.vision_tower is not None or config.llm is not None
     if from_parts and (config.vision_tower is None or config.llm is None):
         raise ValueError("assembling a new model needs both vision_tower and llm")

@@ -97,11 +97,7 @@ def training_arguments(config: TrainConfig):
     workers = config.dataloader_num_workers
     if workers is None:
         workers = GPU_DATALOADER_WORKERS if on_gpu else 0
-    fsdp_kwargs = {}
-    if config.fsdp:
-        fsdp_kwargs = {"fsdp": config.fsdp}
-        if config.fsdp_config:
-            fsdp_kwargs["fsdp_config"] = _read_mapping(config.fsdp_config)
+    fsdp_kwargs = {"fsdp": True, "fsdp_config": _read_mapping(config.fsdp_config)} if config.fsdp_config else {}
     return TrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=per_device,

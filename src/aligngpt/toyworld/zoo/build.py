@@ -108,16 +108,16 @@ def _build_tokenizer(folder: Path, seed: int, world: WorldConfig, settings: ZooS
     return {"vocab_size": raw.get_vocab_size(), "seconds": watch.seconds()}
 
 
-def _build_clip(folder: Path, zoo_dir: Path, seed: int, world: WorldConfig, settings: ClipSettings,
-                progress: bool) -> dict:
+def _build_clip(
+    folder: Path, zoo_dir: Path, seed: int, world: WorldConfig, settings: ClipSettings, progress: bool
+) -> dict:
     watch = Stopwatch()
     tokenizer = wrap(_raw_tokenizer(zoo_dir), add_eos=True, model_max_length=settings.max_text_length)
     train = clean_pairs(seed, "zoo-clip", settings.pool_size, world, progress)
     mean, std = channel_stats(train.images)
     torch.manual_seed(seed)
     model = build_clip(settings, tokenizer, world)
-    losses = train_clip(model, tokenizer, to_pixels(train.images, mean, std), train.captions, settings, seed,
-                        progress)
+    losses = train_clip(model, tokenizer, to_pixels(train.images, mean, std), train.captions, settings, seed, progress)
     train_seconds = watch.seconds()
     heldout = clean_pairs(seed, "zoo-heldout", settings.eval_scenes, world)
     retrieval = retrieval_accuracy(
@@ -137,14 +137,15 @@ def _build_clip(folder: Path, zoo_dir: Path, seed: int, world: WorldConfig, sett
     return {"metrics": metrics, "train_seconds": train_seconds, "seconds": watch.seconds()}
 
 
-def _build_llama(folder: Path, zoo_dir: Path, seed: int, world: WorldConfig, settings: LlamaSettings,
-                 progress: bool) -> dict:
+def _build_llama(
+    folder: Path, zoo_dir: Path, seed: int, world: WorldConfig, settings: LlamaSettings, progress: bool
+) -> dict:
     watch = Stopwatch()
     tokenizer = wrap(_raw_tokenizer(zoo_dir), add_eos=False, model_max_length=settings.max_positions)
-    train = encode_texts(tokenizer, list(lm_texts(seed, "zoo-llm", settings.pool_size, world)),
-                         settings.max_positions)
-    heldout = encode_texts(tokenizer, list(lm_texts(seed, "zoo-llm-heldout", settings.heldout_texts, world)),
-                           settings.max_positions)
+    train = encode_texts(tokenizer, list(lm_texts(seed, "zoo-llm", settings.pool_size, world)), settings.max_positions)
+    heldout = encode_texts(
+        tokenizer, list(lm_texts(seed, "zoo-llm-heldout", settings.heldout_texts, world)), settings.max_positions
+    )
     torch.manual_seed(seed)
     model = build_llama(settings, tokenizer)
     losses = train_llama(model, train, settings, seed, progress)
@@ -158,19 +159,37 @@ def _build_llama(folder: Path, zoo_dir: Path, seed: int, world: WorldConfig, set
     return {"metrics": metrics, "train_seconds": train_seconds, "seconds": watch.seconds()}
 
 
-def _clip_part(zoo_dir: Path, key: str, part_settings: dict, seed: int, world: WorldConfig,
-               settings: ClipSettings, progress: bool, threads: int) -> dict:
+def _clip_part(
+    zoo_dir: Path,
+    key: str,
+    part_settings: dict,
+    seed: int,
+    world: WorldConfig,
+    settings: ClipSettings,
+    progress: bool,
+    threads: int,
+) -> dict:
     """Build (or reuse) the CLIP part; a top-level function so a worker process can run it."""
     with torch_threads(threads):
-        return build_part(zoo_dir / CLIP_DIR, key, part_settings,
-                          lambda d: _build_clip(d, zoo_dir, seed, world, settings, progress))
+        return build_part(
+            zoo_dir / CLIP_DIR, key, part_settings, lambda d: _build_clip(d, zoo_dir, seed, world, settings, progress)
+        )
 
 
-def _llama_part(zoo_dir: Path, key: str, part_settings: dict, seed: int, world: WorldConfig,
-                settings: LlamaSettings, progress: bool, threads: int) -> dict:
+def _llama_part(
+    zoo_dir: Path,
+    key: str,
+    part_settings: dict,
+    seed: int,
+    world: WorldConfig,
+    settings: LlamaSettings,
+    progress: bool,
+    threads: int,
+) -> dict:
     with torch_threads(threads):
-        return build_part(zoo_dir / LLAMA_DIR, key, part_settings,
-                          lambda d: _build_llama(d, zoo_dir, seed, world, settings, progress))
+        return build_part(
+            zoo_dir / LLAMA_DIR, key, part_settings, lambda d: _build_llama(d, zoo_dir, seed, world, settings, progress)
+        )
 
 
 def build_zoo(
@@ -201,19 +220,26 @@ def build_zoo(
     zoo_dir.mkdir(parents=True, exist_ok=True)
     watch = Stopwatch()
     common = {"format_version": FORMAT_VERSION, "seed": seed, "world": asdict(world)}
-    tok_settings = {**common, "tokenizer_texts": settings.tokenizer_texts, "vocab_size": settings.vocab_size,
-                    "max_positions": settings.llama.max_positions}
+    tok_settings = {
+        **common,
+        "tokenizer_texts": settings.tokenizer_texts,
+        "vocab_size": settings.vocab_size,
+        "max_positions": settings.llama.max_positions,
+    }
     tok_key = settings_key(tok_settings)
     parts = {
-        "tokenizer": build_part(zoo_dir / TOKENIZER_DIR, tok_key, tok_settings,
-                                lambda d: _build_tokenizer(d, seed, world, settings)),
+        "tokenizer": build_part(
+            zoo_dir / TOKENIZER_DIR, tok_key, tok_settings, lambda d: _build_tokenizer(d, seed, world, settings)
+        ),
     }
     clip_settings = {**common, "tokenizer": tok_key, "clip": asdict(settings.clip)}
     llama_settings = {**common, "tokenizer": tok_key, "llama": asdict(settings.llama)}
     clip_args = (zoo_dir, settings_key(clip_settings), clip_settings, seed, world, settings.clip, progress)
     llama_args = (zoo_dir, settings_key(llama_settings), llama_settings, seed, world, settings.llama, progress)
-    both_missing = (finished_part(zoo_dir / CLIP_DIR, clip_args[1]) is None
-                    and finished_part(zoo_dir / LLAMA_DIR, llama_args[1]) is None)
+    both_missing = (
+        finished_part(zoo_dir / CLIP_DIR, clip_args[1]) is None
+        and finished_part(zoo_dir / LLAMA_DIR, llama_args[1]) is None
+    )
     if threads >= 2 and both_missing:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             clip_job = pool.submit(_clip_part, *clip_args, threads // 2)
@@ -230,8 +256,9 @@ def build_zoo(
         "parallel": threads >= 2 and both_missing,
         "build_seconds": watch.seconds(),
         "paths": {"tokenizer": TOKENIZER_DIR, "clip": CLIP_DIR, "llama": LLAMA_DIR},
-        "parts": {name: {k: v for k, v in parts[name].items() if k != "settings"}
-                  for name in ("tokenizer", "clip", "llama")},
+        "parts": {
+            name: {k: v for k, v in parts[name].items() if k != "settings"} for name in ("tokenizer", "clip", "llama")
+        },
         "settings": {"world": asdict(world), "zoo": asdict(settings)},
     }
     atomic_write_json(zoo_dir / ZOO_FILE, record, indent=2)

@@ -150,12 +150,16 @@ def train_clip(
 @torch.no_grad()
 def image_embeddings(model: CLIPModel, pixels: torch.Tensor) -> torch.Tensor:
     """Unit-norm image embeddings (N, projection_dim)."""
-    chunks = [model.get_image_features(pixel_values=pixels[i : i + ENCODE_BATCH]) for i in range(0, len(pixels), ENCODE_BATCH)]
+    chunks = [
+        model.get_image_features(pixel_values=pixels[i : i + ENCODE_BATCH]) for i in range(0, len(pixels), ENCODE_BATCH)
+    ]
     return torch.nn.functional.normalize(torch.cat([_pooled(c) for c in chunks]), dim=-1)
 
 
 @torch.no_grad()
-def text_embeddings(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, texts: list[str], max_length: int) -> torch.Tensor:
+def text_embeddings(
+    model: CLIPModel, tokenizer: PreTrainedTokenizerFast, texts: list[str], max_length: int
+) -> torch.Tensor:
     """Unit-norm text embeddings (N, projection_dim)."""
     chunks = []
     for i in range(0, len(texts), ENCODE_BATCH):
@@ -169,8 +173,9 @@ def _pooled(features: torch.Tensor | object) -> torch.Tensor:
     return features if isinstance(features, torch.Tensor) else features.pooler_output
 
 
-def retrieval_accuracy(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str],
-                       group: int = RETRIEVAL_GROUP) -> float:
+def retrieval_accuracy(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str], group: int = RETRIEVAL_GROUP
+) -> float:
     """Mean ``group``-way image->text retrieval accuracy over consecutive groups (identical captions count)."""
     hits, total = 0, 0
     for start in range(0, len(captions) - group + 1, group):
@@ -193,11 +198,15 @@ def alignment_check(
     std: list[float],
 ) -> dict[str, float]:
     """Spearman correlation of CLIP cosine with ``true_alignment`` on held-out noisy pre-training pairs."""
-    samples = [pretrain_sample(seed, i, world, PretrainNoiseConfig(), split="zoo-clip-check")
-               for i in range(settings.spearman_samples)]
+    samples = [
+        pretrain_sample(seed, i, world, PretrainNoiseConfig(), split="zoo-clip-check")
+        for i in range(settings.spearman_samples)
+    ]
     pixels = to_pixels(np.stack([image_to_array(s.image) for s in samples]), mean, std)
-    cosine = (image_embeddings(model, pixels)
-              * text_embeddings(model, tokenizer, [s.caption.text for s in samples], settings.max_text_length)).sum(-1)
+    cosine = (
+        image_embeddings(model, pixels)
+        * text_embeddings(model, tokenizer, [s.caption.text for s in samples], settings.max_text_length)
+    ).sum(-1)
     truth = [s.caption.true_alignment for s in samples]
     by_kind: dict[str, list[float]] = {}
     for sample, value in zip(samples, cosine.tolist()):

@@ -35,8 +35,15 @@ USER_ROLE = "USER"
 ASSISTANT_ROLE = "ASSISTANT"
 EOS_TEXT = "</s>"
 PLAIN_SEPARATOR = "\n"
-TEMPLATE_STRINGS = (VICUNA_SYSTEM, f"{USER_ROLE}:", f"{ASSISTANT_ROLE}:", EOS_TEXT, f" {USER_ROLE}: ",
-                    f" {ASSISTANT_ROLE}: ", f" {ASSISTANT_ROLE}:")
+TEMPLATE_STRINGS = (
+    VICUNA_SYSTEM,
+    f"{USER_ROLE}:",
+    f"{ASSISTANT_ROLE}:",
+    EOS_TEXT,
+    f" {USER_ROLE}: ",
+    f" {ASSISTANT_ROLE}: ",
+    f" {ASSISTANT_ROLE}:",
+)
 # Share of language-model texts that are stage-1 style "caption\n" lines (the rest are chats).
 PLAIN_CAPTION_SHARE = 0.25
 
@@ -62,8 +69,9 @@ def vocabulary_strings() -> list[str]:
     return [*TEMPLATE_STRINGS, *words, *(w.capitalize() for w in words), *prompts, *text_only]
 
 
-def lm_texts(seed: int, stream: str, count: int, world: WorldConfig,
-             instructions: InstructionConfig | None = None) -> Iterator[str]:
+def lm_texts(
+    seed: int, stream: str, count: int, world: WorldConfig, instructions: InstructionConfig | None = None
+) -> Iterator[str]:
     """``count`` language-model training texts: Vicuna-v1 chats and clean caption lines (no noise)."""
     instructions = instructions or InstructionConfig()
     for index in range(count):

@@ -1,0 +1,129 @@
+"""LoRA train + merge, kill -9 + resume, and the command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from aligngpt.training.config import RESOLVED_CONFIG_NAME
+from tests.training.conftest import COLOURS, quick_settings
+from tests.training.test_train import run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_lora_finetune_then_merge_generates_the_same_tokens(world, tmp_path):
+    from aligngpt.inference.pipeline import AlignGPTPipeline
+    from aligngpt.processing import AlignGPTProcessor
+    from aligngpt.training.lora import LORA_DIR, load_with_lora, merge_lora
+
+    out = tmp_path / "lora"
+    result = run(
+        "finetune-lora", world, out, model=str(world["model"]), learning_rate=1e-2, max_steps=3, lora_r=4,
+        lora_alpha=8, lora_dropout=0.0,
+    )  # fmt: skip
+    assert result.losses[-1] < result.losses[0]
+    assert (out / LORA_DIR / "adapter_model.safetensors").is_file()
+    before, base = load_file(str(world["model"] / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    llm = [key for key in before if key.startswith("language_model.")]
+    assert set(base) == set(before) and all(torch.equal(before[key], base[key]) for key in llm)  # unmerged base
+
+    merged_dir = merge_lora(out, tmp_path / "merged")
+    merged = load_file(str(merged_dir / "model.safetensors"))
+    assert set(merged) == set(before)
+    assert any(not torch.equal(merged[key], base[key]) for key in llm)
+
+    processor = AlignGPTProcessor.from_pretrained(merged_dir)
+    from aligngpt.modeling import AlignGPTForConditionalGeneration
+
+    requests = [(Image.new("RGB", (16, 16), rgb), "What colour is it?") for rgb in COLOURS.values()]
+    unmerged_answers = AlignGPTPipeline(load_with_lora(out), processor).generate_batch(requests)
+    merged_model = AlignGPTForConditionalGeneration.from_pretrained(str(merged_dir))
+    merged_answers = AlignGPTPipeline(merged_model, processor).generate_batch(requests)
+    for a, b in zip(unmerged_answers, merged_answers):
+        assert a.token_ids == b.token_ids and len(a.token_ids) > 0
+
+
+def _train_cli(world, out: Path, **extra) -> list[str]:
+    settings = quick_settings(
+        recipe="finetune", data=str(world["finetune"]), image_root=str(world["images"]), output_dir=str(out),
+        model=str(world["model"]), learning_rate=1e-3, max_steps=8, save_steps=2, **extra,
+    )  # fmt: skip
+    args = [sys.executable, "-m", "aligngpt.training"]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def test_kill_9_then_resume_ends_with_the_same_weights(world, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    full = tmp_path / "full"
+    subprocess.run(_train_cli(world, full), check=True, env=env, cwd=REPO, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_cli(world, killed), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint-4" / "trainer_state.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "training ended before the kill"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (killed / "model.safetensors").exists()
+
+    subprocess.run(_train_cli(world, killed, resume=True), check=True, env=env, cwd=REPO, capture_output=True)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_cli_flags_override_yaml_which_overrides_recipe_defaults(world, tmp_path):
+    import typer
+
+    from aligngpt.training.cli import register
+
+    app = typer.Typer()
+    register(app)
+    config_file = tmp_path / "run.yaml"
+    settings = quick_settings(
+        data=str(world["pretrain"]), image_root=str(world["images"]), model=str(world["model"]),
+        learning_rate=0.05, max_steps=1, warmup_ratio=0.1,
+    )  # fmt: skip
+    config_file.write_text(yaml.safe_dump({key.replace("_", "-"): value for key, value in settings.items()}))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["train", "--recipe", "pretrain", "--config", str(config_file), "--output-dir", str(out),
+              "--learning-rate", "0.02", "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / RESOLVED_CONFIG_NAME).read_text())
+    assert saved["learning_rate"] == 0.02  # flag beats YAML
+    assert saved["warmup_ratio"] == 0.1 and saved["max_steps"] == 1  # YAML beats recipe defaults
+    assert saved["weight_decay"] == 0.0 and saved["image_aspect_ratio"] == "square"  # recipe defaults
+    bad = CliRunner().invoke(app, ["train", "--config", str(config_file), "--output-dir", str(out),
+                                   "--recipe", "finetune"])  # fmt: skip
+    assert bad.exit_code != 0 and "stage-1" in bad.output
+
+
+@pytest.mark.parametrize("key", ["learning-rate: 1\nbogus: 2\n"])
+def test_unknown_yaml_keys_are_named(tmp_path, key):
+    from aligngpt.training.config import load_yaml_overrides
+
+    path = tmp_path / "c.yaml"
+    path.write_text(key)
+    with pytest.raises(ValueError, match=r"c\.yaml: unknown settings \['bogus'\]"):
+        load_yaml_overrides(path)

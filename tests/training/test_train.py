@@ -1,0 +1,143 @@
+"""End-to-end recipe runs on a tiny model (CPU): losses fall, frozen parameters stay bit-identical, outputs and
+hand-offs are complete."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from aligngpt.convert.official import STAGE1_ADAPTER
+from aligngpt.training.adapter import OUR_ADAPTER, AdapterError, load_stage1_adapter, read_stage1_adapter
+from aligngpt.training.config import RESOLVED_CONFIG_NAME, resolve_config
+from aligngpt.training.engine import train
+from tests.training.conftest import quick_settings
+
+ADAPTER_KEYS = {"projector.0.weight", "projector.0.bias", "projector.2.weight", "projector.2.bias"}
+
+
+def _weights(directory) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def _same(a: dict, b: dict, prefix: str) -> bool:
+    keys = [key for key in a if key.startswith(prefix)]
+    assert keys, prefix
+    return all(torch.equal(a[key], b[key]) for key in keys)
+
+
+def _changed(a: dict, b: dict, prefix: str) -> bool:
+    return all(not torch.equal(a[key], b[key]) for key in a if key.startswith(prefix) and key.endswith("weight"))
+
+
+def run(recipe: str, world, out, **settings):
+    data = world["pretrain"] if recipe == "pretrain" else world["finetune"]
+    base = dict(data=str(data), image_root=str(world["images"]), output_dir=str(out))
+    return train(resolve_config(recipe, overrides=quick_settings(**{**base, **settings})))
+
+
+@pytest.fixture(scope="module")
+def stage1(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1")
+    result = run("pretrain", world, out, model=str(world["model"]), learning_rate=1e-2, save_steps=3)
+    return result
+
+
+@pytest.fixture(scope="module")
+def stage2(world, stage1, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage2")
+    return run("finetune", world, out, model=str(stage1.output_dir), learning_rate=1e-3)
+
+
+def test_pretrain_loss_falls_and_only_projector_and_levels_change(world, stage1):
+    assert stage1.global_step == 6 and stage1.losses[-1] < stage1.losses[0] - 0.5
+    before, after = _weights(world["model"]), _weights(stage1.output_dir)
+    assert _same(before, after, "vision_tower.") and _same(before, after, "language_model.")
+    assert _same(before, after, "alignment.gate.")
+    assert _changed(before, after, "projector.") and _changed(before, after, "alignment.level_embeddings")
+    assert any("tokens_per_second" in entry for entry in stage1.log_history)
+
+
+def test_pretrain_writes_adapter_in_both_layouts_and_checkpoints_hold_the_level_table(stage1):
+    out = stage1.output_dir
+    weights = _weights(out)
+    official = torch.load(out / STAGE1_ADAPTER, weights_only=True)
+    assert set(official) == {f"mm_{key}" for key in ADAPTER_KEYS} | {"align_indicators.indicator_embs"}
+    assert torch.equal(official["align_indicators.indicator_embs"], weights["alignment.level_embeddings"])
+    ours = read_stage1_adapter(out / OUR_ADAPTER)
+    assert set(ours) == ADAPTER_KEYS | {"alignment.level_embeddings"}
+    assert all(torch.equal(ours[key], weights[key]) for key in ours)
+    checkpoint = _weights(out / "checkpoint-3")
+    assert "alignment.level_embeddings" in checkpoint
+    assert not torch.equal(checkpoint["alignment.level_embeddings"], weights["alignment.level_embeddings"])
+    saved = yaml.safe_load((out / RESOLVED_CONFIG_NAME).read_text())
+    assert saved["recipe"] == "pretrain" and saved["learning_rate"] == 1e-2 and saved["template"] == "plain"
+    assert (out / "aligngpt_processor.json").is_file()
+
+
+def test_finetune_continues_stage1_and_freezes_level_table(stage1, stage2):
+    assert stage2.losses[-1] < stage2.losses[0] - 0.5
+    before, after = _weights(stage1.output_dir), _weights(stage2.output_dir)
+    assert _same(before, after, "vision_tower.") and _same(before, after, "alignment.level_embeddings")
+    for prefix in ("language_model.", "projector.", "alignment.gate."):
+        assert _changed(before, after, prefix), prefix
+
+
+def test_finetune_starts_from_an_official_stage1_file(world, stage1, tmp_path):
+    from aligngpt.training.model_init import build_starting_point
+    from aligngpt.training.recipes import get_recipe
+
+    parts = world["parts"]
+    config = resolve_config(
+        "finetune",
+        overrides=dict(
+            data=str(world["finetune"]), output_dir=str(tmp_path), vision_tower=str(parts / "clip"),
+            llm=str(parts / "llama"), stage1_adapter=str(stage1.output_dir / STAGE1_ADAPTER),
+        ),
+    )  # fmt: skip
+    model = build_starting_point(config, get_recipe("finetune")).model
+    state, trained = model.state_dict(), _weights(stage1.output_dir)
+    assert all(torch.equal(state[key], trained[key]) for key in ADAPTER_KEYS | {"alignment.level_embeddings"})
+
+    torch.save({"mm_projector.0.weight": torch.zeros(3, 3)}, tmp_path / "bad.bin")
+    with pytest.raises(AdapterError, match=r"bad\.bin: missing"):
+        load_stage1_adapter(model, tmp_path / "bad.bin")
+
+
+def test_finetune_without_stage1_is_refused(world, tmp_path):
+    parts = world["parts"]
+    with pytest.raises(ValueError, match="starts from a stage-1 result"):
+        resolve_config(
+            "finetune",
+            overrides=dict(data="x.json", output_dir=str(tmp_path), vision_tower=str(parts / "clip"),
+                           llm=str(parts / "llama")),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["global", "none"])
+def test_ablation_modes_train(world, stage1, tmp_path, mode):
+    result = run("finetune", world, tmp_path, model=str(stage1.output_dir), alignment_mode=mode, max_steps=3)
+    assert result.losses[-1] < result.losses[0]
+    after = _weights(tmp_path)
+    if mode == "none":
+        assert not any(key.startswith("alignment.") for key in after)
+    else:
+        before = _weights(stage1.output_dir)
+        assert _same(before, after, "alignment.")  # neither the level table nor the (unused) gate train
+
+
+def test_pretrain_can_also_train_the_llm_at_a_scaled_lr(world, tmp_path):
+    result = run("pretrain", world, tmp_path, model=str(world["model"]), train_llm_lr_scale=0.5, max_steps=2)
+    before, after = _weights(world["model"]), _weights(tmp_path)
+    assert _changed(before, after, "language_model.model.layers.") and _same(before, after, "vision_tower.")
+    assert result.global_step == 2
+
+
+def test_cached_vision_features_give_the_same_run(world, stage1, tmp_path):
+    result = run(
+        "pretrain", world, tmp_path, model=str(world["model"]), learning_rate=1e-2, save_steps=3,
+        cache_vision_features=True,
+    )  # fmt: skip
+    assert (tmp_path / "vision_features.safetensors").is_file()
+    assert result.losses == pytest.approx(stage1.losses, abs=1e-5)
