@@ -34,7 +34,7 @@ def pope_root(tmp_path):
 
 def test_eval_generates_scores_and_resumes(model_dir, pope_root, tmp_path):
     out = tmp_path / "out"
-    metrics = run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12)
+    metrics = run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=4)
     answers = read_answered(out / "pope" / ANSWERS_FILE)
     assert [a["question_id"] for a in answers] == list(range(1, 13))
     assert all(len(a["metadata"]["alignment_weights"]) == 7 for a in answers)
@@ -48,7 +48,7 @@ def test_eval_generates_scores_and_resumes(model_dir, pope_root, tmp_path):
     path = out / "pope" / ANSWERS_FILE
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:5]) + lines[5][:17])
-    run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12)
+    run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=4)
     resumed = read_answered(path)
     assert [a["question_id"] for a in resumed] == list(range(1, 13))
     assert [a["text"] for a in resumed] == [a["text"] for a in answers]  # greedy, batch-independent
@@ -64,7 +64,7 @@ def test_eval_cli_names_a_missing_image(model_dir, pope_root, tmp_path):
     result = CliRunner().invoke(
         app,
         ["eval", "--model", str(model_dir), "--benchmark", "pope", "--data-dir", str(pope_root),
-         "--out", str(tmp_path / "o"), "--batch-size", "1", "--limit", str(first_new + 2)],
+         "--out", str(tmp_path / "o"), "--batch-size", "1", "--limit", str(first_new + 2), "--max-new-tokens", "4"],
     )  # fmt: skip
     assert result.exit_code != 0
     assert name in str(result.exception) or name in result.output

@@ -1,8 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 from torch.utils.data import BatchSampler
 
-from aligngpt.data.records import Record
+from aligngpt.data.records import Record, RecordFile
 from aligngpt.data.sampler import ModalityLengthGroupedSampler, modality_lengths, word_count_length
 
 
@@ -57,7 +59,7 @@ def test_megabatches_balance_length_across_micro_batches():
     assert max(spread) <= max(abs(x) for x in lengths)
 
 
-def test_word_count_lengths_follow_the_spec():
+def test_word_count_lengths_follow_the_spec(tmp_path):
     image = {
         "image": "a.png",
         "conversations": [
@@ -69,5 +71,8 @@ def test_word_count_lengths_follow_the_spec():
     empty = {"conversations": [{"from": "human", "value": " "}]}
     assert modality_lengths([image, text, empty]) == [6, -2, -1]
     assert word_count_length(Record.from_raw(image, 0)) == 6
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([image, text, ["malformed"]]))
+    assert modality_lengths(RecordFile(path)) == [6, -2, -1]
     with pytest.raises(ValueError, match="length 0"):
         ModalityLengthGroupedSampler([3, 0, -2], 2)

@@ -13,9 +13,7 @@ _OUTPUT_MODE = 0o644  # mkstemp creates 0600; outputs get ordinary permissions
 
 
 @contextlib.contextmanager
-def atomic_write(
-    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8"
-) -> Iterator[IO[Any]]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """Yield a file object; ``path`` appears (complete) only if the block finishes without an exception.
 
     A crash or kill at any point leaves either the previous ``path`` or none, plus at most a stray hidden

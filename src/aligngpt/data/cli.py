@@ -17,20 +17,14 @@ data_app = typer.Typer(help="Inspect and validate LLaVA-format training data.", 
 @data_app.command("check")
 def check(
     data: Path = typer.Argument(..., help="LLaVA-format JSON array or JSONL file."),
-    images: Path = typer.Option(
-        ..., "--images", help="Image root folder (record 'image' paths are relative to it)."
-    ),
+    images: Path = typer.Option(..., "--images", help="Image root folder (record 'image' paths are relative to it)."),
     stage: str | None = typer.Option(
         None, "--stage", help="pretrain (level required, no text-only records) or finetune."
     ),
     levels: int = typer.Option(DEFAULT_NUM_LEVELS, "--levels", help="Number of alignment levels N (0..N-1)."),
     level_field: str = typer.Option(DEFAULT_LEVEL_FIELD, "--field", help="Name of the level field."),
-    max_pixels: int = typer.Option(
-        DEFAULT_MAX_PIXELS, "--max-pixels", help="Largest image (pixels); 0: no limit."
-    ),
-    decode: bool = typer.Option(
-        True, "--decode/--no-decode", help="Fully decode images (finds truncated files)."
-    ),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Largest image (pixels); 0: no limit."),
+    decode: bool = typer.Option(True, "--decode/--no-decode", help="Fully decode images (finds truncated files)."),
     report: Path | None = typer.Option(None, "--report", help="Write the bad records here as JSON Lines."),
     workers: int = typer.Option(0, "--workers", help="Check records in this many processes."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),

@@ -50,9 +50,7 @@ class ImageTooLargeError(ImageLoadError):
     kind = ProblemKind.IMAGE_TOO_LARGE
 
 
-def resolve_image_path(
-    root: str | os.PathLike[str], relative: str, *, allow_symlink_escape: bool = False
-) -> Path:
+def resolve_image_path(root: str | os.PathLike[str], relative: str, *, allow_symlink_escape: bool = False) -> Path:
     """Return ``root / relative`` after checking that it stays inside ``root``.
 
     Absolute paths (POSIX or Windows style) and any ``..`` component are refused without touching the file
@@ -63,13 +61,9 @@ def resolve_image_path(
         raise UnsafeImagePathError(f"image path {relative!r} is empty or contains a NUL byte")
     posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or relative.startswith(("/", "\\")):
-        raise UnsafeImagePathError(
-            f"image path {relative!r} is absolute; it must be relative to the image root"
-        )
+        raise UnsafeImagePathError(f"image path {relative!r} is absolute; it must be relative to the image root")
     if ".." in posix.parts or ".." in windows.parts:
-        raise UnsafeImagePathError(
-            f"image path {relative!r} contains '..'; it must stay inside the image root"
-        )
+        raise UnsafeImagePathError(f"image path {relative!r} contains '..'; it must stay inside the image root")
     root_path = Path(root)
     candidate = root_path / posix
     if not allow_symlink_escape:
@@ -107,9 +101,7 @@ def load_image(
     except Image.DecompressionBombError as err:
         raise ImageTooLargeError(f"image {path} is too large to decode safely: {err}") from None
     except Exception as err:  # PIL signals damage with OSError, SyntaxError, ValueError, struct.error, ...
-        raise CorruptImageError(
-            f"image {path} is corrupt or truncated: {type(err).__name__}: {err}"
-        ) from None
+        raise CorruptImageError(f"image {path} is corrupt or truncated: {type(err).__name__}: {err}") from None
 
 
 def open_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -128,9 +120,7 @@ def open_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Im
     except (PermissionError, IsADirectoryError) as err:
         raise ImageUnreadableError(f"image file {path} cannot be read: {err.strerror}") from None
     except UnidentifiedImageError:
-        raise CorruptImageError(
-            f"image file {path} is not a recognised image (corrupt or wrong format)"
-        ) from None
+        raise CorruptImageError(f"image file {path} is not a recognised image (corrupt or wrong format)") from None
     except Exception as err:
         raise CorruptImageError(f"image file {path} cannot be opened: {type(err).__name__}: {err}") from None
     width, height = image.size

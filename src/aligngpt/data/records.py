@@ -116,13 +116,9 @@ def _parse_conversations(conv: Any, problems: list[Problem]) -> tuple[Message, .
             continue
         role, value = turn.get("from"), turn.get("value")
         if not isinstance(role, str):
-            problems.append(
-                Problem(ProblemKind.MALFORMED, f"turn {t}: 'from' must be a string, got {role!r}")
-            )
+            problems.append(Problem(ProblemKind.MALFORMED, f"turn {t}: 'from' must be a string, got {role!r}"))
         if not isinstance(value, str):
-            problems.append(
-                Problem(ProblemKind.MALFORMED, f"turn {t}: 'value' must be a string, got {value!r}")
-            )
+            problems.append(Problem(ProblemKind.MALFORMED, f"turn {t}: 'value' must be a string, got {value!r}"))
         if isinstance(role, str) and isinstance(value, str):
             out.append(Message(role, value))
     return tuple(out)
@@ -331,9 +327,7 @@ class _ArrayIndexer:
             try:
                 _, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as err:
-                maybe_truncated = err.pos >= len(self.buf) - _TAIL_MARGIN or err.msg.startswith(
-                    "Unterminated"
-                )
+                maybe_truncated = err.pos >= len(self.buf) - _TAIL_MARGIN or err.msg.startswith("Unterminated")
                 if maybe_truncated and self._read_more():
                     continue
                 self._fail(f"invalid JSON ({err.msg})", at=err.pos)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from aligngpt.data.records import Record
+from aligngpt.data.records import Record, RecordFile
 
 
 def word_count_length(record: Record | Mapping[str, Any]) -> int:
@@ -52,8 +52,13 @@ def word_count_length(record: Record | Mapping[str, Any]) -> int:
     return words if has_image else -words
 
 
-def modality_lengths(records: Iterable[Record | Mapping[str, Any]]) -> list[int]:
-    """``word_count_length`` of every record, in order (one pass)."""
+def modality_lengths(records: RecordFile | Iterable[Record | Mapping[str, Any]]) -> list[int]:
+    """``word_count_length`` of every record, in order (one pass; a ``RecordFile`` is read raw, so a malformed
+    record gets a length instead of raising)."""
+    if isinstance(records, RecordFile):
+        return [
+            word_count_length(obj if isinstance(obj := records.raw(i), Mapping) else {}) for i in range(len(records))
+        ]
     return [word_count_length(r) for r in records]
 
 
@@ -76,9 +81,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
             raise ValueError("lengths must be a flat sequence of ints")
         zero = np.flatnonzero(self.lengths == 0)
         if zero.size:
-            raise ValueError(
-                f"length 0 at index {int(zero[0])}: lengths must be > 0 (image) or < 0 (text-only)"
-            )
+            raise ValueError(f"length 0 at index {int(zero[0])}: lengths must be > 0 (image) or < 0 (text-only)")
         self.per_device_batch = per_device_batch
         self.groups_per_step = world_size * grad_accum
         self.seed = seed

@@ -156,14 +156,10 @@ class RecordValidator:
                 )
                 break
         if turns[-1].role == HUMAN:
-            problems.append(
-                Problem(ProblemKind.BAD_ROLES, "last turn is from 'human'; there is no answer to learn")
-            )
+            problems.append(Problem(ProblemKind.BAD_ROLES, "last turn is from 'human'; there is no answer to learn"))
         for t, message in enumerate(turns):
             if not message.value.strip():
-                problems.append(
-                    Problem(ProblemKind.EMPTY_VALUE, f"turn {t} ({message.role}) has an empty value")
-                )
+                problems.append(Problem(ProblemKind.EMPTY_VALUE, f"turn {t} ({message.role}) has an empty value"))
         return problems
 
     def _check_image_tokens(self, record: Record) -> list[Problem]:
@@ -172,11 +168,7 @@ class RecordValidator:
         total = sum(counts)
         if not record.has_image:
             if total:
-                return [
-                    Problem(
-                        ProblemKind.IMAGE_TOKEN_IN_TEXT_ONLY, f"text-only record contains {total} × {token}"
-                    )
-                ]
+                return [Problem(ProblemKind.IMAGE_TOKEN_IN_TEXT_ONLY, f"text-only record contains {total} × {token}")]
             return (
                 []
                 if self.config.stage != "pretrain"
@@ -189,9 +181,7 @@ class RecordValidator:
             )
         problems = []
         if total == 0:
-            problems.append(
-                Problem(ProblemKind.NO_IMAGE_TOKEN, f"record has an image but no {token} in its turns")
-            )
+            problems.append(Problem(ProblemKind.NO_IMAGE_TOKEN, f"record has an image but no {token} in its turns"))
         elif total > 1:
             problems.append(
                 Problem(
@@ -200,15 +190,11 @@ class RecordValidator:
                 )
             )
         answer_turns = [
-            t
-            for t, (m, c) in enumerate(zip(record.conversations, counts, strict=True))
-            if c and m.role == GPT
+            t for t, (m, c) in enumerate(zip(record.conversations, counts, strict=True)) if c and m.role == GPT
         ]
         if answer_turns:
             problems.append(
-                Problem(
-                    ProblemKind.IMAGE_TOKEN_IN_ANSWER, f"{token} appears in answer turn(s) {answer_turns}"
-                )
+                Problem(ProblemKind.IMAGE_TOKEN_IN_ANSWER, f"{token} appears in answer turn(s) {answer_turns}")
             )
         return problems
 
@@ -252,11 +238,7 @@ class RecordValidator:
         try:
             length = cfg.length_of(record)
         except Exception as err:
-            return [
-                Problem(
-                    ProblemKind.LENGTH_ERROR, f"cannot compute the token length: {type(err).__name__}: {err}"
-                )
-            ]
+            return [Problem(ProblemKind.LENGTH_ERROR, f"cannot compute the token length: {type(err).__name__}: {err}")]
         if length > cfg.model_max_length:
             return [
                 Problem(
@@ -283,9 +265,7 @@ class BadRecordPolicy:
         report_path: str | os.PathLike[str] | None = None,
     ):
         if on_bad_record not in ON_BAD_RECORD:
-            raise ValueError(
-                f"on_bad_record must be one of {', '.join(ON_BAD_RECORD)}, got {on_bad_record!r}"
-            )
+            raise ValueError(f"on_bad_record must be one of {', '.join(ON_BAD_RECORD)}, got {on_bad_record!r}")
         self.validator = validator
         self.on_bad_record = on_bad_record
         self.report_path = Path(report_path) if report_path is not None else None
@@ -386,18 +366,14 @@ def _checked(
 ) -> Iterator[tuple[int, RecordReport | None]]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=len(records), desc="checking records", unit="rec", disable=not progress, dynamic_ncols=True
-    )
+    bar = tqdm(total=len(records), desc="checking records", unit="rec", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 0:
             for index in range(len(records)):
                 yield index, validator.check_index(records, index)[1]
                 bar.update()
             return
-        ctx = multiprocessing.get_context(
-            "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        )
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         with ctx.Pool(workers, initializer=_init_worker, initargs=(records, validator)) as pool:
             for item in pool.imap(_check_in_worker, range(len(records)), chunksize=_POOL_CHUNK):
                 yield item

@@ -45,6 +45,9 @@ def evaluate(
     out: Path = typer.Option(None, "--out", help="Output folder (answers, metrics, submission files)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Generation batch size."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N questions per benchmark."),
+    max_new_tokens: int = typer.Option(
+        None, "--max-new-tokens", min=1, help="Override the benchmarks' official answer lengths (smoke runs only)."
+    ),
 ) -> None:
     """Generate answers with MODEL on each benchmark, then score them (or use a subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -67,7 +70,15 @@ def evaluate(
         if err.name != "aligngpt.evaluation.runner":
             raise
         raise _fail("generation is not available in this install (aligngpt.evaluation.runner is missing)") from err
-    run_evaluation(model=model, benchmarks=names, data_dir=data_dir, out_dir=out, batch_size=batch_size, limit=limit)
+    run_evaluation(
+        model=model,
+        benchmarks=names,
+        data_dir=data_dir,
+        out_dir=out,
+        batch_size=batch_size,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+    )
 
 
 @eval_app.command("score")

@@ -82,6 +82,7 @@ def generate_answers(
     answers_path: Path,
     model_id: str,
     batch_size: int = 1,
+    max_new_tokens: int | None = None,
 ) -> int:
     """Append answers for the items not yet in ``answers_path`` (flushed per batch); returns how many were new.
 
@@ -91,7 +92,7 @@ def generate_answers(
 
     done = {_item_key(record["question_id"]) for record in read_answered(answers_path)}
     todo = [item for item in items if _item_key(item.question_id) not in done]
-    settings = GenerationSettings(max_new_tokens=bench.max_new_tokens, temperature=0.0)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens or bench.max_new_tokens, temperature=0.0)
     answers_path.parent.mkdir(parents=True, exist_ok=True)
     with (
         answers_path.open("a") as handle,
@@ -127,13 +128,14 @@ def run_evaluation(
     device: str | None = None,
     template: str | None = None,
     benchmark_options: dict | None = None,
+    max_new_tokens: int | None = None,
 ) -> dict[str, dict]:
     """Generate and score ``benchmarks``; returns ``{name: metrics}``.
 
     Per benchmark, ``OUT/<name>/`` holds ``answers.jsonl`` (official answer-file format, written incrementally and
     resumed on rerun), ``metrics.json`` and submission files from the scorer, and ``results.json`` recording every
     setting (template, prompt format, decoding, image padding, model and data checksums). ``OUT/summary.md`` lists
-    the headline numbers.
+    the headline numbers. ``max_new_tokens`` overrides the benchmarks' official limits (smoke runs only).
     """
     if pipeline is None:
         from aligngpt.inference.pipeline import load
@@ -151,7 +153,7 @@ def run_evaluation(
             items = items[:limit]
         bench_out = out_dir / bench.name
         answers_path = bench_out / ANSWERS_FILE
-        new = generate_answers(pipeline, bench, items, answers_path, model_id, batch_size)
+        new = generate_answers(pipeline, bench, items, answers_path, model_id, batch_size, max_new_tokens)
         metrics = bench.score(folder, answers_path, bench_out, judge=judge)
         all_metrics[bench.name] = metrics
         results = {
@@ -165,7 +167,7 @@ def run_evaluation(
                 "system_prompt": pipeline.template.system,
                 "user_message": "<image>\\n + question text (question files hold the answer-format suffix)",
                 "decoding": "greedy",
-                "max_new_tokens": bench.max_new_tokens,
+                "max_new_tokens": max_new_tokens or bench.max_new_tokens,
                 "image_aspect_ratio": bench.image_aspect_ratio,
                 "batch_size": batch_size,
                 "limit": limit,

@@ -41,7 +41,9 @@ def chat(
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy decoding.")] = 0.2,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass (when sampling).")] = 0.7,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
-    show_alignment: Annotated[bool, typer.Option(help="Print the gate weights α as a bar chart after answers.")] = False,
+    show_alignment: Annotated[
+        bool, typer.Option(help="Print the gate weights α as a bar chart after answers.")
+    ] = False,
     dtype: DtypeOption = None,
     device: DeviceOption = None,
     vision_tower: VisionTowerOption = None,
@@ -66,6 +68,7 @@ def chat(
 
     where = f"image: {choice.source}" if choice.source else "no image"
     write(f"AlignGPT chat ({where}; template {pipeline.template.name}). /help lists commands, Ctrl-D leaves.\n")
+
     def read_line() -> str:
         write("USER: ")  # written here, not by input(): readline would send it to stderr
         return input()
@@ -109,8 +112,7 @@ def predict(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     typer.echo(
-        f"{summary.answered_now} answered now, {summary.already_answered} already answered, "
-        f"{summary.total} in {out}"
+        f"{summary.answered_now} answered now, {summary.already_answered} already answered, {summary.total} in {out}"
     )
 
 

@@ -267,6 +267,8 @@ def generate_streams(pipeline: AlignGPTPipeline, requests: Sequence[StreamReques
             decoder.finish_reason = FINISH_LENGTH
             request.sink.finish(FINISH_LENGTH, len(decoder.token_ids))
         results.append(
-            StreamResult(decoder.text, decoder.token_ids, decoder.finish_reason, int(prompt_tokens[row]), alignments[row])
+            StreamResult(
+                decoder.text, decoder.token_ids, decoder.finish_reason, int(prompt_tokens[row]), alignments[row]
+            )
         )
     return results

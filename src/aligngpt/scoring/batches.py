@@ -101,9 +101,7 @@ class ScoringBatches(Dataset):
             return self._report(index, raw, err.problems)
         caption = caption_of(record)
         if caption is None:
-            return self._report(
-                index, raw, [Problem(ProblemKind.MISSING_CAPTION, "no non-empty 'gpt' turn to score")]
-            )
+            return self._report(index, raw, [Problem(ProblemKind.MISSING_CAPTION, "no non-empty 'gpt' turn to score")])
         assert record.image is not None
         try:
             image = load_image(

@@ -23,6 +23,8 @@ MAX_ASPECT_RATIO = 4.0
 def resolve_device_dtype(device: str | None, dtype: str) -> tuple[torch.device, torch.dtype]:
     """``device=None`` picks CUDA when available; ``dtype="auto"`` is float16 on CUDA, float32 on CPU."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but CUDA is not available on this machine")
     if dtype == "auto":
         return dev, torch.float16 if dev.type == "cuda" else torch.float32
     if dtype not in DTYPES:
@@ -83,14 +85,10 @@ def limit_aspect_ratio(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) 
 class DualEncoder:
     """Image/text dual encoder + its tokenizer and (PIL) image processor."""
 
-    def __init__(
-        self, model: Any, tokenizer: Any, image_processor: Any, device: torch.device, dtype: torch.dtype
-    ):
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, device: torch.device, dtype: torch.dtype):
         for method in ("get_image_features", "get_text_features"):
             if not hasattr(model, method):
-                raise TypeError(
-                    f"{type(model).__name__} has no {method}(); a CLIP-style dual encoder is needed"
-                )
+                raise TypeError(f"{type(model).__name__} has no {method}(); a CLIP-style dual encoder is needed")
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = device, dtype
         text_config = getattr(model.config, "text_config", model.config)

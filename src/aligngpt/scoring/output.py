@@ -34,9 +34,7 @@ def write_leveled_copy(
     with atomic_write(out, "wb") as f:
         json_array = records.format == "json"
         f.write(b"[\n" if json_array else b"")
-        for index in tqdm(
-            range(len(records)), desc="writing", unit="rec", disable=not progress, dynamic_ncols=True
-        ):
+        for index in tqdm(range(len(records)), desc="writing", unit="rec", disable=not progress, dynamic_ncols=True):
             if index in drop:
                 continue
             if index in scores:
@@ -65,9 +63,7 @@ def read_scores(records: RecordFile, score_field: str = DEFAULT_SCORE_FIELD) -> 
             continue
         value = obj[score_field]
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(
-                f"{records.location(index)}: record {index}: {score_field!r} is {value!r}, not a number"
-            )
+            raise ValueError(f"{records.location(index)}: record {index}: {score_field!r} is {value!r}, not a number")
         scores[index] = float(value)
     return scores
 

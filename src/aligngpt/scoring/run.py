@@ -82,20 +82,14 @@ class ScoreResult:
 
 def image_record_indices(records: RecordFile) -> list[int]:
     """Indices of records with an ``image`` entry (malformed ones included: they are reported when loaded)."""
-    return [
-        i
-        for i in range(len(records))
-        if isinstance(obj := records.raw(i), dict) and obj.get("image") is not None
-    ]
+    return [i for i in range(len(records)) if isinstance(obj := records.raw(i), dict) and obj.get("image") is not None]
 
 
 def score_dataset(config: ScoreConfig, encoder: Any = None) -> ScoreResult:
     """Run (or resume) scoring with a loaded ``DualEncoder`` (loaded from ``config.clip`` if None)."""
     records = RecordFile(config.data, level_field=config.level_field)
     image_indices = image_record_indices(records)
-    batches = [
-        image_indices[k : k + config.batch_size] for k in range(0, len(image_indices), config.batch_size)
-    ]
+    batches = [image_indices[k : k + config.batch_size] for k in range(0, len(image_indices), config.batch_size)]
     log = ScoreLog(config.log_path, _header(config, records, len(image_indices), encoder))
     done = log.open(restart=config.restart)
     pending = [k for k in range(len(batches)) if k not in done]
@@ -170,9 +164,7 @@ def score_batches(
         pin_memory=encoder.device.type == "cuda",
     )
     total = sum(len(batches[k]) for k in pending)
-    with tqdm(
-        total=total, desc="scoring", unit="pair", disable=not config.progress, dynamic_ncols=True
-    ) as bar:
+    with tqdm(total=total, desc="scoring", unit="pair", disable=not config.progress, dynamic_ncols=True) as bar:
         for prepared in loader:
             if prepared.bad and config.on_bad_record == "error":
                 raise BadRecordError(prepared.bad[0])

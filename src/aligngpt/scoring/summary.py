@@ -50,9 +50,7 @@ class LevelSummary:
             counts, edges = np.histogram(self.scores, bins=HISTOGRAM_BINS)
             peak = max(int(counts.max()), 1)
             for c, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True):
-                lines.append(
-                    f"  [{lo:+.4f}, {hi:+.4f}) {int(c):>8} {'#' * round(_BAR_WIDTH * int(c) / peak)}"
-                )
+                lines.append(f"  [{lo:+.4f}, {hi:+.4f}) {int(c):>8} {'#' * round(_BAR_WIDTH * int(c) / peak)}")
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | os.PathLike[str]) -> None:
@@ -63,15 +61,13 @@ class LevelSummary:
         import matplotlib.pyplot as plt
 
         fig, (ax_hist, ax_count) = plt.subplots(1, 2, figsize=_PLOT_SIZE, dpi=_PLOT_DPI)
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.9, wspace=0.25)  # cheaper than tight_layout
         per_level = [self.scores[self.levels == k] for k in range(self.num_levels)]
         if self.scores.size:
-            ax_hist.hist(
-                per_level,
-                bins=HISTOGRAM_BINS * 2,
-                stacked=True,
-                label=[f"L{k}" for k in range(self.num_levels)],
-            )
-            ax_hist.legend(fontsize="small", ncol=2)
+            labels = [f"L{k}" for k in range(self.num_levels)]
+            # one filled outline per level (not one bar per bin and level): fast to draw for any N
+            ax_hist.hist(per_level, bins=HISTOGRAM_BINS * 2, stacked=True, histtype="stepfilled", label=labels)
+            ax_hist.legend(loc="upper left", fontsize="small", ncol=2)
         ax_hist.set_xlabel("CLIP cosine similarity")
         ax_hist.set_ylabel("records")
         ax_hist.set_title("scores by level")
@@ -79,7 +75,6 @@ class LevelSummary:
         ax_count.set_xlabel("level")
         ax_count.set_ylabel("records")
         ax_count.set_title(f"{self.text_only} text-only records have no level")
-        fig.tight_layout()
         with atomic_write(path, "wb") as f:
             fig.savefig(f, format="png")
         plt.close(fig)

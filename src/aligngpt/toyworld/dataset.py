@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from PIL import Image
 from tqdm.auto import tqdm
 
 from aligngpt.toyworld._io import atomic_save_png, atomic_write_json, atomic_write_jsonl
@@ -76,7 +77,7 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _save_image(out_dir: Path, rel: str, image, resume: bool) -> None:
+def _save_image(out_dir: Path, rel: str, image: Image.Image, resume: bool) -> None:
     target = out_dir / IMAGE_FOLDER / rel
     if not (resume and target.exists()):
         atomic_save_png(target, image)

@@ -51,6 +51,7 @@ TEXT_ONLY_QA = (
     ("How many objects can an image contain?", "between one and four."),
 )
 CORRUPTED_CAPTION_PROB_RANGE = (0.2, 0.9)
+FAIR_COIN = 0.5  # e.g. count noise goes up or down, POPE positive or negative, equally often
 
 
 def plural(shape: str) -> str:
@@ -154,7 +155,7 @@ def make_qa(task: str, scene: Scene, rng: np.random.Generator, noisy: bool = Fal
             count = sum(o.type.shape == shape for o in scene.objects)
             question = _short(f"How many {plural(shape)} are there in the image?")
         if noisy:  # off by one, never negative
-            count = count + 1 if count == 0 or rng.random() < 0.5 else count - 1
+            count = count + 1 if count == 0 or rng.random() < FAIR_COIN else count - 1
         return QA(task, question, str(count), noisy, task)
     if task == "colour":
         answer = _other(COLOURS, obj.type.colour, rng) if noisy else obj.type.colour
@@ -163,7 +164,7 @@ def make_qa(task: str, scene: Scene, rng: np.random.Generator, noisy: bool = Fal
         unique_colour = sum(o.type.colour == obj.type.colour for o in scene.objects) == 1
         ref = (
             f"the {obj.type.colour} object"
-            if unique_colour and rng.random() < 0.5
+            if unique_colour and rng.random() < FAIR_COIN
             else (f"the object {obj.position_phrase}")
         )
         answer = _other(SHAPES, obj.type.shape, rng) if noisy else obj.type.shape
@@ -175,7 +176,7 @@ def make_qa(task: str, scene: Scene, rng: np.random.Generator, noisy: bool = Fal
     if task == "pope":
         split = _pick(rng, POPE_SPLITS)
         negative = pope_negative(scene, split, rng)
-        positive = negative is None or rng.random() < 0.5
+        positive = negative is None or rng.random() < FAIR_COIN
         truth = "yes" if positive else "no"
         answer = {"yes": "no", "no": "yes"}[truth] if noisy else truth
         asked = obj.type if positive else negative

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aligngpt.toyworld.text import hallucinated_partners, parse_caption
-from aligngpt.toyworld.world import ObjectType, Scene, SceneObject
+from aligngpt.toyworld.world import Scene, SceneObject
 
 NUMBER_WORDS = {
     "zero": "0",
@@ -202,7 +202,3 @@ def score_eval_dir(eval_dir: str | Path, predictions: Mapping[str, str]) -> dict
         if any(str(r["question_id"]) in predictions for r in truth):
             results[name] = scorer(predictions, truth)
     return results
-
-
-def type_names(types: Iterable[ObjectType]) -> list[str]:
-    return sorted(t.name for t in types)

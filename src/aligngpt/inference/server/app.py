@@ -110,8 +110,12 @@ class ChatService:
         self.counting_processor = copy.copy(pipeline.processor)
         self.counting_processor.tokenizer = copy.deepcopy(pipeline.processor.tokenizer)
         text_config = pipeline.model.config.text_config
-        self.context_length = int(getattr(text_config, "max_position_embeddings", None) or pipeline.processor.model_max_length)
-        self.max_prompt_tokens = config.max_prompt_tokens or min(self.context_length, pipeline.processor.model_max_length)
+        self.context_length = int(
+            getattr(text_config, "max_position_embeddings", None) or pipeline.processor.model_max_length
+        )
+        self.max_prompt_tokens = config.max_prompt_tokens or min(
+            self.context_length, pipeline.processor.model_max_length
+        )
         self.scheduler = scheduler or BatchScheduler(
             lambda requests: generate_streams(pipeline, requests),
             _report_error,

@@ -36,7 +36,9 @@ class APIError(Exception):
         self.param = param
 
     def body(self) -> dict:
-        kind = ERROR_TYPES.get(self.status, "server_error" if self.status >= INTERNAL_ERROR else "invalid_request_error")
+        kind = ERROR_TYPES.get(
+            self.status, "server_error" if self.status >= INTERNAL_ERROR else "invalid_request_error"
+        )
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:

@@ -20,7 +20,7 @@ EVAL_BATCH = 64
 class LlamaSettings:
     """Architecture and training settings of the tiny LLaMA."""
 
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 32  # packed rows of ``context`` tokens
     context: int = 128
     pool_size: int = 8192  # distinct training texts (re-used across steps)

@@ -86,7 +86,7 @@ function drawGate(alignment) {
   const weights = alignment.weights;
   const top = Math.max(...weights);
   $("gate-note").textContent =
-    `α over ${weights.length} local alignment levels (mode: ${alignment.mode}); the global level is always added.`;
+    `α over ${weights.length} local alignment levels (mode: ${alignment.mode}); the global level is always added. Bars are scaled to the largest α.`;
   weights.forEach((value, index) => {
     const row = document.createElement("div");
     row.className = "gate-row";
@@ -185,6 +185,7 @@ async function send(question) {
           const delta = payload.choices && payload.choices[0] && payload.choices[0].delta;
           if (delta && delta.content) {
             text += delta.content;
+            answer.dataset.chunks = String(Number(answer.dataset.chunks || 0) + 1);
             answer.textContent = text;
             $("messages").scrollTop = $("messages").scrollHeight;
           }

@@ -1,0 +1,230 @@
+"""Throughput and latency of ``aligngpt serve`` under concurrent clients, batched vs one request at a time.
+
+Starts the real app under uvicorn on 127.0.0.1 (a random free port, loopback only) twice in this process: with the
+batching worker (``--max-batch-size`` N) and with batches of one. Each time, ``--clients`` threads send
+``--requests`` chat completions each (an image + a question, greedy, ``--max-tokens`` new tokens), stopping early
+at ``--max-seconds``. Prints requests/s, p50/p95 latency, failures, and the batched / one-at-a-time ratio.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_serve.py --clients 8 --requests 4 --max-tokens 16
+
+By default a tiny random model is built in a temporary folder; ``--model PATH`` benchmarks any model folder.
+Exits with status 1 if any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT_S = 60
+REQUEST_TIMEOUT_S = 300
+PERCENT = 100
+
+
+@dataclass
+class RunStats:
+    label: str
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+    health: dict = field(default_factory=dict)
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(q / PERCENT * (len(ordered) - 1)))]
+
+    def summary(self) -> dict:
+        done = len(self.latencies)
+        return {
+            "mode": self.label,
+            "requests_ok": done,
+            "failures": len(self.failures),
+            "wall_s": round(self.wall_s, 3),
+            "requests_per_s": round(done / self.wall_s, 3) if self.wall_s else 0.0,
+            "tokens_per_s": round(self.completion_tokens / self.wall_s, 1) if self.wall_s else 0.0,
+            "latency_p50_s": round(self.percentile(50), 3),
+            "latency_p95_s": round(self.percentile(95), 3),
+            "latency_mean_s": round(statistics.fmean(self.latencies), 3) if self.latencies else None,
+            "batches_run": self.health.get("batches_run"),
+            "largest_batch": self.health.get("largest_batch"),
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def image_url(seed: int) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), ((seed * 53) % 256, (seed * 97) % 256, (seed * 31) % 256)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on a loopback port in a background thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return f"http://{HOST}:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(STARTUP_TIMEOUT_S)
+
+
+def run_clients(base: str, args, label: str) -> RunStats:
+    import httpx
+
+    stats = RunStats(label)
+    lock = threading.Lock()
+    barrier = threading.Barrier(args.clients)
+    deadline_holder: list[float] = []
+
+    def client(index: int) -> None:
+        with httpx.Client(base_url=base, timeout=REQUEST_TIMEOUT_S) as http:
+            barrier.wait()
+            for turn in range(args.requests):
+                if time.monotonic() > deadline_holder[0]:
+                    return
+                payload = {
+                    "model": "bench",
+                    "temperature": 0,
+                    "max_tokens": args.max_tokens,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "image_url", "image_url": {"url": image_url(index * 31 + turn)}},
+                                {"type": "text", "text": f"Client {index}, question {turn}: what is shown?"},
+                            ],
+                        }
+                    ],
+                }
+                start = time.perf_counter()
+                try:
+                    response = http.post("/v1/chat/completions", json=payload)
+                    ok = response.status_code == 200
+                    detail = response.text[:200]
+                except httpx.HTTPError as err:
+                    ok, detail = False, repr(err)
+                elapsed = time.perf_counter() - start
+                with lock:
+                    if ok:
+                        stats.latencies.append(elapsed)
+                        stats.completion_tokens += response.json()["usage"]["completion_tokens"]
+                    else:
+                        stats.failures.append(detail)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    started = time.perf_counter()
+    deadline_holder.append(time.monotonic() + args.max_seconds)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats.wall_s = time.perf_counter() - started
+    stats.health = httpx.get(f"{base}/health").json()
+    return stats
+
+
+def benchmark(pipeline, args, batch_size: int, label: str) -> RunStats:
+    from aligngpt.inference.server import ServerConfig, create_app
+
+    config = ServerConfig(
+        model_name="bench",
+        max_batch_size=batch_size,
+        max_queue=max(64, args.clients * 2),
+        batch_wait_ms=args.batch_wait_ms,
+    )
+    with ServerThread(create_app(pipeline, config)) as base:
+        run_clients(base, argparse.Namespace(**{**vars(args), "clients": 1, "requests": 1}), "warm-up")
+        return run_clients(base, args, label)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model folder (default: a tiny random model built in a temp folder)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (bounded: 1..64)")
+    parser.add_argument("--requests", type=int, default=4, help="requests per client")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="stop issuing requests after this long")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if not 1 <= args.clients <= 64:  # noqa: PLR2004 - documented bound
+        parser.error("--clients must be between 1 and 64")
+
+    import torch
+
+    from aligngpt import load
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            model_dir = Path(args.model)
+        else:
+            sys.path.insert(0, str(REPO_ROOT))
+            from tests.helpers import tiny_model_dir
+
+            model_dir = tiny_model_dir(Path(tmp))
+        pipeline = load(model_dir, dtype="float32", device="cpu")
+        batched = benchmark(pipeline, args, args.max_batch_size, f"batched (max {args.max_batch_size})")
+        single = benchmark(pipeline, args, 1, "one at a time")
+
+    rows = [batched.summary(), single.summary()]
+    ratio = rows[0]["requests_per_s"] / rows[1]["requests_per_s"] if rows[1]["requests_per_s"] else float("nan")
+    print(f"{args.clients} clients x {args.requests} requests, {args.max_tokens} new tokens each, "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    header = f"{'mode':<22}{'ok':>5}{'fail':>6}{'req/s':>9}{'tok/s':>9}{'p50 s':>8}{'p95 s':>8}{'batches':>9}{'max':>5}"
+    print(header)
+    for row in rows:
+        print(
+            f"{row['mode']:<22}{row['requests_ok']:>5}{row['failures']:>6}{row['requests_per_s']:>9.2f}"
+            f"{row['tokens_per_s']:>9.1f}{row['latency_p50_s']:>8.2f}{row['latency_p95_s']:>8.2f}"
+            f"{row['batches_run']:>9}{row['largest_batch']:>5}"
+        )
+    print(f"throughput batched / one-at-a-time: {ratio:.2f}x")
+    for stats in (batched, single):
+        for failure in stats.failures[:3]:
+            print(f"failure ({stats.label}): {failure}")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": rows, "throughput_ratio": ratio}, indent=2) + "\n")
+    return 1 if batched.failures or single.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
