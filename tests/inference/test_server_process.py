@@ -147,6 +147,7 @@ def test_web_page_in_chromium(server, tmp_path, artifact_dir):
                 "bars => bars.map(b => b.style.width)")]  # fmt: skip
             assert max(widths) == pytest.approx(100.0) and min(widths) > 0
             expect(page.locator(".msg.user img")).to_have_count(1)
+            page.click("#settings summary")  # fold the settings away again for the picture
             page.screenshot(path=str(artifact_dir / "web_chat.png"), full_page=True)
 
             page.fill("#question", "Tell me more.")

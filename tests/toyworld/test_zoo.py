@@ -135,6 +135,7 @@ def test_zoo_record_and_cache_reuse(smoke_zoo):
     assert 0.0 <= clip_metrics["retrieval_accuracy_100way"] <= 1.0
     assert -1.0 <= clip_metrics["spearman_cosine_vs_true_alignment"] <= 1.0
     assert record["parts"]["llama"]["metrics"]["heldout_loss"] > 0
+    assert record["quality"]["llama_heldout_loss"] == record["parts"]["llama"]["metrics"]["heldout_loss"]
     again = build_zoo(zoo, seed=0, size="smoke", progress=False)
     assert all(part["reused"] for part in again["parts"].values())
     assert again["parts"]["clip"]["metrics"] == first["parts"]["clip"]["metrics"]

@@ -1,22 +1,24 @@
-"""Inference: loading, batched generation, chat, batch prediction and serving.
+"""Inference: loading, batched generation, chat, serving.
 
-Names are imported lazily so that ``aligngpt --help`` (which imports :mod:`aligngpt.inference.cli`) does not load
-torch and transformers.
+Attributes are imported lazily so that ``aligngpt --help`` does not load torch.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
 
-if TYPE_CHECKING:
-    from aligngpt.inference.pipeline import AlignGPTPipeline, Answer, GenerationSettings, load
-
-__all__ = ["AlignGPTPipeline", "Answer", "GenerationSettings", "load"]
+_EXPORTS = {
+    "AlignGPTPipeline": "aligngpt.inference.pipeline",
+    "Answer": "aligngpt.inference.pipeline",
+    "GenerationSettings": "aligngpt.inference.pipeline",
+    "load": "aligngpt.inference.pipeline",
+}
 
 
 def __getattr__(name: str):
-    if name in __all__:
-        from aligngpt.inference import pipeline
-
-        return getattr(pipeline, name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'aligngpt.inference' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

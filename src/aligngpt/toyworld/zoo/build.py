@@ -134,7 +134,12 @@ def _build_clip(
     model.save_pretrained(folder)
     save_tokenizer(tokenizer, folder)
     image_processor(world.image_size, mean, std).save_pretrained(folder)
-    return {"metrics": metrics, "train_seconds": train_seconds, "seconds": watch.seconds()}
+    return {
+        "metrics": metrics,
+        "train_seconds": train_seconds,
+        "seconds": watch.seconds(),
+        "cpu_seconds": watch.cpu_seconds(),
+    }
 
 
 def _build_llama(
@@ -156,7 +161,12 @@ def _build_llama(
     }
     model.save_pretrained(folder)
     save_tokenizer(tokenizer, folder)
-    return {"metrics": metrics, "train_seconds": train_seconds, "seconds": watch.seconds()}
+    return {
+        "metrics": metrics,
+        "train_seconds": train_seconds,
+        "seconds": watch.seconds(),
+        "cpu_seconds": watch.cpu_seconds(),
+    }
 
 
 def _clip_part(
@@ -255,6 +265,11 @@ def build_zoo(
         "threads": threads,
         "parallel": threads >= 2 and both_missing,
         "build_seconds": watch.seconds(),
+        "quality": {
+            "clip_retrieval_accuracy_100way": parts["clip"]["metrics"]["retrieval_accuracy_100way"],
+            "clip_spearman_cosine_vs_true_alignment": parts["clip"]["metrics"]["spearman_cosine_vs_true_alignment"],
+            "llama_heldout_loss": parts["llama"]["metrics"]["heldout_loss"],
+        },
         "paths": {"tokenizer": TOKENIZER_DIR, "clip": CLIP_DIR, "llama": LLAMA_DIR},
         "parts": {
             name: {k: v for k, v in parts[name].items() if k != "settings"} for name in ("tokenizer", "clip", "llama")

@@ -35,10 +35,14 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 class Stopwatch:
-    """Wall-clock seconds since creation."""
+    """Wall-clock and process CPU seconds since creation (CPU time sums all threads of this process)."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
 
     def seconds(self) -> float:
         return time.perf_counter() - self.start
+
+    def cpu_seconds(self) -> float:
+        return time.process_time() - self.cpu_start
