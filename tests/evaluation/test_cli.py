@@ -73,4 +73,4 @@ def test_eval_group_calls_the_runner(monkeypatch, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert calls == [{"model": "m", "benchmarks": ["pope", "mm_vet"], "data_dir": tmp_path, "out_dir": tmp_path,
-                      "batch_size": 4, "limit": 3}]  # fmt: skip
+                      "batch_size": 4, "limit": 3, "max_new_tokens": None}]  # fmt: skip

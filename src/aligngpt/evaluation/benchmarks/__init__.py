@@ -16,14 +16,15 @@ from aligngpt.evaluation.benchmarks.pope import POPE
 from aligngpt.evaluation.benchmarks.scienceqa import ScienceQAImg
 from aligngpt.evaluation.benchmarks.seed_bench import SEEDBench
 from aligngpt.evaluation.benchmarks.textvqa import TextVQA
+from aligngpt.evaluation.benchmarks.toyworld import ToyWorld
 from aligngpt.evaluation.benchmarks.vizwiz import VizWiz
 from aligngpt.evaluation.benchmarks.vqav2 import VQAv2
 
-# In the order of the paper's results table (SPEC §7.1).
-BENCHMARKS: dict[str, type[Benchmark]] = {
-    cls.name: cls
-    for cls in (VQAv2, GQA, VizWiz, ScienceQAImg, TextVQA, POPE, MME, MMBench, MMBenchCN, SEEDBench, LLaVABench, MMVet)
-}
+# In the order of the paper's results table (SPEC §7.1), then the offline toy world.
+PAPER_BENCHMARKS: tuple[type[Benchmark], ...] = (
+    VQAv2, GQA, VizWiz, ScienceQAImg, TextVQA, POPE, MME, MMBench, MMBenchCN, SEEDBench, LLaVABench, MMVet,
+)  # fmt: skip
+BENCHMARKS: dict[str, type[Benchmark]] = {cls.name: cls for cls in (*PAPER_BENCHMARKS, ToyWorld)}
 _ALIASES = {alias: cls.name for cls in BENCHMARKS.values() for alias in cls.aliases}
 
 
@@ -49,4 +50,4 @@ def get_benchmark(name: str, **options) -> Benchmark:
     return BENCHMARKS[canonical_name(name)](**options)
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "UnknownBenchmarkError", "canonical_name", "get_benchmark"]
+__all__ = ["BENCHMARKS", "PAPER_BENCHMARKS", "Benchmark", "UnknownBenchmarkError", "canonical_name", "get_benchmark"]
