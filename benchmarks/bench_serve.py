@@ -1,7 +1,8 @@
 """Throughput and latency of ``aligngpt serve`` under concurrent clients, batched vs one request at a time.
 
-Starts the real app under uvicorn on 127.0.0.1 (a random free port, loopback only) twice in this process: with the
-batching worker (``--max-batch-size`` N) and with batches of one. Each time, ``--clients`` threads send
+Starts ``aligngpt serve`` on 127.0.0.1 (a random free port, loopback only) twice, as a separate process so the
+clients do not compete with it for the GIL: with the batching worker (``--max-batch-size`` N) and with batches of
+one. Each time, ``--clients`` threads send
 ``--requests`` chat completions each (an image + a question, greedy, ``--max-tokens`` new tokens), stopping early
 at ``--max-seconds``. Prints requests/s, p50/p95 latency, failures, and the batched / one-at-a-time ratio.
 
@@ -17,8 +18,10 @@ import argparse
 import base64
 import io
 import json
+import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +31,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-STARTUP_TIMEOUT_S = 60
+STARTUP_TIMEOUT_S = 180
+HTTP_OK = 200
+MAX_CLIENTS = 64
 REQUEST_TIMEOUT_S = 300
 PERCENT = 100
 
@@ -79,28 +84,46 @@ def image_url(seed: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-class ServerThread:
-    """uvicorn serving ``app`` on a loopback port in a background thread."""
+class ServerProcess:
+    """``aligngpt serve`` on a loopback port in a child process."""
 
-    def __init__(self, app):
-        import uvicorn
-
+    def __init__(self, model_dir: Path, args, batch_size: int):
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.command = [
+            sys.executable, "-m", "aligngpt.cli", "serve", "--model", str(model_dir), "--host", HOST,
+            "--port", str(self.port), "--model-name", "bench", "--max-batch-size", str(batch_size),
+            "--max-queue", str(max(64, 2 * args.clients)), "--batch-wait-ms", str(args.batch_wait_ms),
+            "--log-level", "warning",
+        ]  # fmt: skip
+        if args.threads:
+            self.command += ["--threads", str(args.threads)]
+        self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> str:
-        self.thread.start()
+        import httpx
+
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.process = subprocess.Popen(self.command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        base = f"http://{HOST}:{self.port}"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return f"http://{HOST}:{self.port}"
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == HTTP_OK:
+                    return base
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start in time")
+            time.sleep(0.2)
 
     def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(STARTUP_TIMEOUT_S)
+        self.process.terminate()
+        try:
+            self.process.wait(STARTUP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def run_clients(base: str, args, label: str) -> RunStats:
@@ -134,7 +157,7 @@ def run_clients(base: str, args, label: str) -> RunStats:
                 start = time.perf_counter()
                 try:
                     response = http.post("/v1/chat/completions", json=payload)
-                    ok = response.status_code == 200
+                    ok = response.status_code == HTTP_OK
                     detail = response.text[:200]
                 except httpx.HTTPError as err:
                     ok, detail = False, repr(err)
@@ -158,16 +181,8 @@ def run_clients(base: str, args, label: str) -> RunStats:
     return stats
 
 
-def benchmark(pipeline, args, batch_size: int, label: str) -> RunStats:
-    from aligngpt.inference.server import ServerConfig, create_app
-
-    config = ServerConfig(
-        model_name="bench",
-        max_batch_size=batch_size,
-        max_queue=max(64, args.clients * 2),
-        batch_wait_ms=args.batch_wait_ms,
-    )
-    with ServerThread(create_app(pipeline, config)) as base:
+def benchmark(model_dir: Path, args, batch_size: int, label: str) -> RunStats:
+    with ServerProcess(model_dir, args, batch_size) as base:
         run_clients(base, argparse.Namespace(**{**vars(args), "clients": 1, "requests": 1}), "warm-up")
         return run_clients(base, args, label)
 
@@ -175,24 +190,18 @@ def benchmark(pipeline, args, batch_size: int, label: str) -> RunStats:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model folder (default: a tiny random model built in a temp folder)")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (bounded: 1..64)")
+    parser.add_argument("--clients", type=int, default=8, help=f"concurrent clients (1..{MAX_CLIENTS})")
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop issuing requests after this long")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1, help="server torch threads (0: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if not 1 <= args.clients <= 64:  # noqa: PLR2004 - documented bound
-        parser.error("--clients must be between 1 and 64")
+    if not 1 <= args.clients <= MAX_CLIENTS:
+        parser.error(f"--clients must be between 1 and {MAX_CLIENTS}")
 
-    import torch
-
-    from aligngpt import load
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             model_dir = Path(args.model)
@@ -201,14 +210,13 @@ def main() -> int:
             from tests.helpers import tiny_model_dir
 
             model_dir = tiny_model_dir(Path(tmp))
-        pipeline = load(model_dir, dtype="float32", device="cpu")
-        batched = benchmark(pipeline, args, args.max_batch_size, f"batched (max {args.max_batch_size})")
-        single = benchmark(pipeline, args, 1, "one at a time")
+        batched = benchmark(model_dir, args, args.max_batch_size, f"batched (max {args.max_batch_size})")
+        single = benchmark(model_dir, args, 1, "one at a time")
 
     rows = [batched.summary(), single.summary()]
     ratio = rows[0]["requests_per_s"] / rows[1]["requests_per_s"] if rows[1]["requests_per_s"] else float("nan")
     print(f"{args.clients} clients x {args.requests} requests, {args.max_tokens} new tokens each, "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"server torch threads: {args.threads or 'default'}")  # fmt: skip
     header = f"{'mode':<22}{'ok':>5}{'fail':>6}{'req/s':>9}{'tok/s':>9}{'p50 s':>8}{'p95 s':>8}{'batches':>9}{'max':>5}"
     print(header)
     for row in rows:

@@ -37,7 +37,9 @@ def test_pretrain_sample_uses_plain_template_level_and_alignment_slot(setup):
     record = json.loads(data.read_text())[1]
     assert sample.alignment_level == record["similarity"]
     assert sample.input_ids[:2] == [processor.bos_token_id, processor.alignment_token_id]
-    assert sample.input_ids[2 : 2 + processor.num_image_tokens] == [processor.image_token_id] * processor.num_image_tokens
+    assert (
+        sample.input_ids[2 : 2 + processor.num_image_tokens] == [processor.image_token_id] * processor.num_image_tokens
+    )
     # plain template: the instruction text is dropped, the caption + "\n" is the only supervised text
     assert _decode_supervised(processor, sample).strip() == record["conversations"][1]["value"]
     assert len(sample.input_ids) == 2 + processor.num_image_tokens + len(

@@ -78,3 +78,19 @@ def test_chat_command_streams_and_handles_commands(tiny_model, tmp_path):
 def test_chat_command_reports_bad_image(tiny_model, tmp_path):
     result = CliRunner().invoke(app, ["chat", "--model", str(tiny_model), "--image", str(tmp_path / "none.png")])
     assert result.exit_code != 0 and "image file not found" in result.output
+
+
+def test_chatml_model_without_bos_keeps_clean_history(tmp_path, red_image):
+    from aligngpt import load
+    from tests.helpers import tiny_model_dir
+
+    pipeline = load(tiny_model_dir(tmp_path, llm="qwen2"), device="cpu")
+    assert pipeline.template.name == "chatml"
+    session = ChatSession(pipeline, red_image, GenerationSettings(max_new_tokens=6, temperature=0.0))
+    session.ask("what is in the picture?")
+    session.ask("tell me about colors")
+    for _, answer in session.history:
+        assert "<|im_end|>" not in answer and "<|endoftext|>" not in answer
+    prompt = session.prompt("yes?")
+    assert "<|im_end|><|im_end|>" not in prompt
+    assert prompt.count("<|im_end|>") == 2 + 2 * len(session.history)  # system, each finished turn pair, new user

@@ -148,12 +148,15 @@ ERROR_CASES = [
     ("max_tokens float", _bad(max_tokens=2.5), 400, "invalid_value", "max_tokens"),
     ("max_tokens over limit", _bad(max_tokens=100000), 400, "invalid_value", "max_tokens"),
     ("stream not bool", _bad(stream="yes"), 400, "invalid_value", "stream"),
-    ("stop wrong type", _bad(stop=[1, 2]), 400, "invalid_value", "stop"),
+    ("stop wrong type", _bad(stop=[1, 2]), 400, "invalid_value", "stop[0]"),
     ("too many stops", _bad(stop=["a", "b", "c", "d", "e"]), 400, "invalid_value", "stop"),
     ("n=2", _bad(n=2), 400, "unsupported_value", "n"),
     ("bad role", _bad(messages=[{"role": "robot", "content": "hi"}]), 400, "invalid_value", "messages[0].role"),
     ("content number", _bad(messages=[{"role": "user", "content": 3}]), 400, "invalid_value", "messages[0].content"),
-    ("unknown part", _bad(messages=[{"role": "user", "content": [{"type": "audio"}]}]), 400, "invalid_value", None),
+    ("unknown part", _bad(messages=[{"role": "user", "content": [{"type": "audio"}]}]), 400, "invalid_value",
+     "messages[0].content[0]"),
+    ("image url not a string", _bad(messages=[image_message(1)]), 400, "invalid_value",
+     "messages[0].content[0].image_url.url"),
     ("ends with assistant", _bad(messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]),
      400, "invalid_value", "messages"),
     ("image placeholder in text", _bad(messages=[{"role": "user", "content": "look <image>"}]), 400, "invalid_value",
@@ -346,3 +349,17 @@ def test_generation_failure_is_a_clean_500_and_the_server_goes_on(pipeline):
         assert failed.json()["error"]["code"] == "internal_error"
         assert "simulated" not in failed.text and "Traceback" not in failed.text
         assert flaky.post(URL, json=payload).status_code == 200
+
+
+def test_official_checkpoint_is_served_with_vicuna_template(red_data_url):
+    from aligngpt import load
+    from tests.helpers import OFFICIAL
+
+    official = load(
+        OFFICIAL / "checkpoints" / "aligngpt_tiny_finetune", device="cpu", vision_tower=OFFICIAL / "clip_vision_tiny"
+    )
+    assert official.template.name == "vicuna_v1"  # not the official CLI's llava_v0 default (SPEC §9 item 18)
+    with TestClient(create_app(official, ServerConfig(model_name="official"))) as served:
+        data = served.post(URL, json=body([image_message(red_data_url)], model="official")).json()
+    assert data["usage"]["prompt_tokens"] > 576  # the fixture tower's 576 image positions
+    assert len(data["alignment"]["weights"]) == 7

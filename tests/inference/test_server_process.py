@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from tests.inference.conftest import SERVED_MODEL, data_url, png_bytes
 
 REQUEST_TIMEOUT_S = 60
+CANCEL_TIMEOUT_S = 10
 BROWSER_TIMEOUT_MS = 60_000
 MODEL = SERVED_MODEL
 CHROMIUM_ARGS = [
@@ -87,6 +89,21 @@ def test_real_server_batches_concurrent_clients(server):
     assert [r.status_code for r in results] == [200] * clients
     health = httpx.get(f"{server}/health").json()
     assert health["largest_batch"] >= 2, health
+
+
+def test_disconnected_stream_frees_its_row(server):
+    """A client that hangs up mid-stream must not keep the worker busy for the rest of its token budget."""
+    before = httpx.get(f"{server}/health").json()["cancelled_rows"]
+    payload = {"stream": True, "max_tokens": 1000, "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=payload, timeout=REQUEST_TIMEOUT_S) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break  # hang up after the first event
+    deadline = time.monotonic() + CANCEL_TIMEOUT_S
+    while (health := httpx.get(f"{server}/health").json())["cancelled_rows"] == before:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+    assert health["running"] == 0
 
 
 def test_openai_client_against_real_server(server):

@@ -14,7 +14,7 @@ def smoke_zoo(tmp_path_factory):
     from aligngpt.toyworld.zoo import build_zoo
 
     out = tmp_path_factory.mktemp("zoo")
-    record = build_zoo(out, seed=0, size="smoke", progress=False)
+    record = build_zoo(out, seed=0, size="smoke", threads=1, progress=False)
     return out, record
 
 

@@ -1,6 +1,7 @@
 """The smoke-size model zoo: tokenizer, CLIP and LLaMA reload as ordinary HF folders and behave."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -136,6 +137,7 @@ def test_zoo_record_and_cache_reuse(smoke_zoo):
     assert -1.0 <= clip_metrics["spearman_cosine_vs_true_alignment"] <= 1.0
     assert record["parts"]["llama"]["metrics"]["heldout_loss"] > 0
     assert record["quality"]["llama_heldout_loss"] == record["parts"]["llama"]["metrics"]["heldout_loss"]
+    assert record["parallel"] is False and record["threads"] == 1
     again = build_zoo(zoo, seed=0, size="smoke", progress=False)
     assert all(part["reused"] for part in again["parts"].values())
     assert again["parts"]["clip"]["metrics"] == first["parts"]["clip"]["metrics"]
@@ -146,13 +148,21 @@ def test_changed_llama_settings_rebuild_only_llama(smoke_zoo, tmp_path):
     smoke = SIZES["smoke"]
     settings = replace(smoke, llama=replace(smoke.llama, steps=2))
     # Work on a copy so the shared fixture stays intact.
-    import shutil
-
     copy = tmp_path / "zoo"
     shutil.copytree(zoo, copy)
     record = build_zoo(copy, seed=0, size=settings, progress=False)
     assert record["parts"]["tokenizer"]["reused"] and record["parts"]["clip"]["reused"]
     assert not record["parts"]["llama"]["reused"]
+
+
+def test_parallel_build_trains_clip_in_a_worker_process(smoke_zoo, tmp_path):
+    zoo, first = smoke_zoo
+    shutil.copytree(zoo / "tokenizer", tmp_path / "tokenizer")
+    record = build_zoo(tmp_path, seed=0, size="smoke", threads=2, progress=False)
+    assert record["parallel"] is True and record["parts"]["tokenizer"]["reused"]
+    assert not record["parts"]["clip"]["reused"] and not record["parts"]["llama"]["reused"]
+    assert isinstance(CLIPModel.from_pretrained(tmp_path / "clip"), CLIPModel)
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "llama"), LlamaForCausalLM)
 
 
 def test_failed_build_leaves_nothing_that_looks_finished(tmp_path):

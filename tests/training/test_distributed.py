@@ -22,10 +22,11 @@ pytestmark = pytest.mark.slow
 
 
 def _settings(world, data: Path, out: Path, **extra) -> dict:
-    return quick_settings(
+    base = dict(
         recipe="finetune", data=str(data), image_root=str(world["images"]), output_dir=str(out),
-        model=str(world["model"]), learning_rate=1e-3, max_steps=4, group_by_modality_length=False, **extra,
+        model=str(world["model"]), learning_rate=1e-3, max_steps=4, group_by_modality_length=False,
     )  # fmt: skip
+    return quick_settings(**{**base, **extra})
 
 
 def _torchrun(settings: dict, tmp_path: Path) -> list[dict]:
@@ -49,16 +50,25 @@ def _curve(history: list[dict], key: str) -> list[float]:
 
 @pytest.fixture(scope="module")
 def even_data(world, tmp_path_factory) -> Path:
-    """8 records (7 with an image, 1 text-only): 2 global batches of 4 per epoch."""
-    return write_json(tmp_path_factory.mktemp("ddp") / "ft8.json", finetune_records(copies=2)[:8])
+    """8 records (6 with an image, 2 text-only): 2 global batches of 4 per epoch; with modality grouping one
+    micro-batch per epoch is text-only (so the image path gets no gradient there)."""
+    records = finetune_records(copies=2)
+    return write_json(tmp_path_factory.mktemp("ddp") / "ft8.json", records[:5] + records[5:7] + records[9:])
 
 
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(world, even_data, tmp_path):
-    single = train(resolve_config(overrides=_settings(world, even_data, tmp_path / "one", per_device_train_batch_size=4)))
-    history = _torchrun(_settings(world, even_data, tmp_path / "ddp", per_device_train_batch_size=2), tmp_path)
+    # same global batch 4 and the same micro-batches: 2 ranks x 2 vs 1 process x 2 x 2 accumulation steps
+    one = _settings(world, even_data, tmp_path / "one", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                    group_by_modality_length=True)  # fmt: skip
+    single = train(resolve_config(overrides=one))
+    ddp = _settings(world, even_data, tmp_path / "ddp", per_device_train_batch_size=2, group_by_modality_length=True)
+    history = _torchrun(ddp, tmp_path)
     assert _curve(history, "loss") == pytest.approx(single.losses, rel=1e-5)
     assert _curve(history, "grad_norm") == pytest.approx(_curve(single.log_history, "grad_norm"), rel=1e-4)
-    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "one" / "model.safetensors")),
+        load_file(str(tmp_path / "ddp" / "model.safetensors")),
+    )
     assert all(torch.allclose(a[key], b[key], atol=1e-5) for key in a)
 
 
@@ -68,7 +78,10 @@ def test_fsdp_two_processes_train(world, even_data, tmp_path):
     history = _torchrun(settings, tmp_path)
     losses = _curve(history, "loss")
     assert len(losses) == 4 and losses[-1] < losses[0]
-    before, after = load_file(str(world["model"] / "model.safetensors")), load_file(str(tmp_path / "fsdp" / "model.safetensors"))
+    before, after = (
+        load_file(str(world["model"] / "model.safetensors")),
+        load_file(str(tmp_path / "fsdp" / "model.safetensors")),
+    )
     assert set(before) == set(after)
     assert not torch.equal(before["projector.0.weight"], after["projector.0.weight"])
     assert torch.equal(before["alignment.level_embeddings"], after["alignment.level_embeddings"])
@@ -78,13 +91,22 @@ def test_fsdp_two_processes_train(world, even_data, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_two_processes_train_and_save(world, even_data, tmp_path, stage):
+    from aligngpt.training.adapter import save_stage1_adapter
+
+    before = load_file(str(world["model"] / "model.safetensors"))
+    shifted = {key: value + 0.5 for key, value in before.items()}  # a stage-1 adapter that differs from the model
+    save_stage1_adapter(shifted, tmp_path / "stage1")
     out = tmp_path / stage
     settings = _settings(world, even_data, out, per_device_train_batch_size=2,
-                         deepspeed=str(REPO / "configs" / f"{stage}.json"))  # fmt: skip
+                         deepspeed=str(REPO / "configs" / f"{stage}.json"),
+                         stage1_adapter=str(tmp_path / "stage1" / "mm_projector_align.bin"))  # fmt: skip
     history = _torchrun(settings, tmp_path)
     losses = _curve(history, "loss")
     assert len(losses) == 4 and losses[-1] < losses[0]
-    before, after = load_file(str(world["model"] / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    assert set(before) == set(after)
-    assert torch.equal(before["alignment.level_embeddings"], after["alignment.level_embeddings"])
-    assert not torch.equal(before["projector.0.weight"], after["projector.0.weight"])
+    after = load_file(str(out / "model.safetensors"))
+    assert set(before) == set(after) and all(before[key].shape == after[key].shape for key in before)
+    # the adapter was loaded into (gathered) parameters; the frozen level table was saved (gathered) unchanged
+    assert torch.equal(after["alignment.level_embeddings"], shifted["alignment.level_embeddings"])
+    assert not torch.equal(after["projector.0.weight"], shifted["projector.0.weight"])
+    assert torch.equal(after["vision_tower.vision_model.embeddings.patch_embedding.weight"],
+                       before["vision_tower.vision_model.embeddings.patch_embedding.weight"])  # fmt: skip

@@ -135,3 +135,17 @@ def test_unknown_yaml_keys_are_named(tmp_path, key):
     path.write_text(key)
     with pytest.raises(ValueError, match=r"c\.yaml: unknown settings \['bogus'\]"):
         load_yaml_overrides(path)
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
+    from aligngpt.training.engine import find_resume_checkpoint
+
+    assert find_resume_checkpoint(tmp_path / "absent") is None
+    for step, complete in ((2, True), (10, True), (12, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "rng_state.pth").write_bytes(b"")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert find_resume_checkpoint(tmp_path) == tmp_path / "checkpoint-10"

@@ -128,7 +128,10 @@ def test_ablation_modes_train(world, stage1, tmp_path, mode):
 
 
 def test_pretrain_can_also_train_the_llm_at_a_scaled_lr(world, tmp_path):
-    result = run("pretrain", world, tmp_path, model=str(world["model"]), train_llm_lr_scale=0.5, max_steps=2)
+    result = run(
+        "pretrain", world, tmp_path, model=str(world["model"]), train_llm_lr_scale=0.5, max_steps=2,
+        gradient_checkpointing=True,
+    )  # fmt: skip
     before, after = _weights(world["model"]), _weights(tmp_path)
     assert _changed(before, after, "language_model.model.layers.") and _same(before, after, "vision_tower.")
     assert result.global_step == 2

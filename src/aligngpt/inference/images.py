@@ -25,7 +25,7 @@ DEFAULT_FETCH_TIMEOUT_S = 10.0
 _DATA_URL = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?)(?P<b64>;base64)?,(?P<data>.*)$", re.S
 )
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):(?=//|[^\\])")  # two letters at least: not a drive letter
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")  # two letters at least, so never a drive letter
 _HTTP_OK = 200
 _HTTP_FORBIDDEN = 403
 _HTTP_BAD_REQUEST = 400

@@ -52,7 +52,10 @@ def _train_parameters() -> list[inspect.Parameter]:
         option = typer.Option(None, *names, help=help_text, rich_help_panel=panel, show_default=False)
         params.append(
             inspect.Parameter(
-                item.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typing.Optional[kind]  # noqa: UP045
+                item.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=option,
+                annotation=typing.Optional[kind],  # noqa: UP045
             )
         )
     return params

@@ -96,7 +96,9 @@ class TrainConfig:
     save_steps: int = _opt("Write a checkpoint every this many steps.", 500, "engine")
     save_total_limit: int | None = _opt("Keep at most this many checkpoints.", None, "engine")
     deepspeed: str | None = _opt("DeepSpeed JSON config (configs/zero2.json, configs/zero3.json).", None, "engine")
-    fsdp_config: str | None = _opt("Train with FSDP, configured by this JSON/YAML file (configs/fsdp.json).", None, "engine")
+    fsdp_config: str | None = _opt(
+        "Train with FSDP, configured by this JSON/YAML file (configs/fsdp.json).", None, "engine"
+    )
     torch_threads: int | None = _opt("torch intra-op threads (CPU).", None, "engine")
     use_cpu: bool = _opt("Train on CPU even when a GPU is present.", False, "engine")
     report_to: str = _opt("Trainer integrations to report to (none, tensorboard, wandb...).", "none", "engine")

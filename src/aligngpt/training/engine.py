@@ -159,6 +159,10 @@ def train(config: TrainConfig) -> TrainResult:
         logger.warning("resume: no complete checkpoint in %s; starting from the beginning", output_dir)
 
     args = training_arguments(config)  # before the model: under ZeRO-3 the model is then built partitioned
+    if config.deepspeed and args.world_size > 1:
+        import deepspeed
+
+        deepspeed.init_distributed()  # ZeRO-3's partitioned loading needs DeepSpeed's view of the process group
     from transformers import set_seed
 
     set_seed(config.seed)

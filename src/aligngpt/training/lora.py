@@ -38,7 +38,7 @@ def has_lora(model: AlignGPTForConditionalGeneration) -> bool:
 def save_lora_adapter(
     model: AlignGPTForConditionalGeneration, directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
 ) -> Path:
-    """Write the adapter of ``model`` (values taken from the consolidated ``state_dict``) to ``directory/lora_adapter``."""
+    """Write the adapter of ``model`` to ``directory/lora_adapter``, values from the consolidated ``state_dict``."""
     peft_state = {key[len(_PREFIX) :]: value for key, value in state_dict.items() if key.startswith(_PREFIX)}
     target = Path(directory) / LORA_DIR
     model.language_model.save_pretrained(str(target), state_dict=peft_state)

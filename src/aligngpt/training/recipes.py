@@ -182,7 +182,9 @@ class FinetuneLoraRecipe(FinetuneRecipe):
         ]
 
 
-RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (PretrainRecipe(), FinetuneRecipe(), FinetuneLoraRecipe())}
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe for recipe in (PretrainRecipe(), FinetuneRecipe(), FinetuneLoraRecipe())
+}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -72,8 +72,35 @@ class AlignGPTTrainer(Trainer):
 
     # --- loss --------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        has_images = "pixel_values" in inputs or "vision_features" in inputs
         inputs = {**inputs, "loss_positions": "supervised"}
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if has_images:
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        loss = loss + self._zero_image_path_term(loss)
+        return (loss, outputs) if return_outputs else loss
+
+    def _zero_image_path_term(self, loss: torch.Tensor) -> torch.Tensor:
+        """``0 x`` the projector's and gate's outputs on zeros, for micro-batches without images.
+
+        Keeps every trainable parameter in the graph on every rank (DDP without ``find_unused_parameters``, ZeRO-3
+        parameter gathering stays in step across ranks); numerically a no-op. The official code's "dummy forward"
+        did the same job (SPEC §1.9, §9 item 4).
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        config = model.config
+        term = loss.new_zeros(())
+        probes = [(model.projector, config.vision_config.hidden_size)]
+        if model.alignment is not None:
+            probes.append((model.alignment.gate, config.num_image_tokens))
+        for module, width in probes:
+            params = list(module.parameters())
+            if params and any(param.requires_grad for param in params):
+                term = term + 0.0 * module(params[0].new_zeros(1, width)).sum()
+        return term.to(loss.dtype)
 
     # --- optimizer ---------------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):

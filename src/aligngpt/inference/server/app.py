@@ -27,7 +27,7 @@ from aligngpt.inference.pipeline import AlignGPTPipeline, GenerationSettings
 from aligngpt.inference.server.errors import APIError, install_error_handlers
 from aligngpt.inference.server.scheduler import BatchScheduler, QueueFull
 from aligngpt.inference.server.schemas import ChatCompletionRequest, parse_chat_request, to_conversation
-from aligngpt.inference.streaming import Alignment, StreamRequest, generate_streams
+from aligngpt.inference.streaming import FINISH_CANCELLED, Alignment, StreamRequest, generate_streams
 from aligngpt.processing import Segment
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -116,13 +116,18 @@ class ChatService:
         self.max_prompt_tokens = config.max_prompt_tokens or min(
             self.context_length, pipeline.processor.model_max_length
         )
+        self.cancelled_rows = 0
         self.scheduler = scheduler or BatchScheduler(
-            lambda requests: generate_streams(pipeline, requests),
+            self._run_batch,
             _report_error,
             max_queue=config.max_queue,
             max_batch_size=config.max_batch_size,
             batch_wait_s=config.batch_wait_ms / 1000,
         )
+
+    def _run_batch(self, requests) -> None:
+        results = generate_streams(self.pipeline, requests)
+        self.cancelled_rows += sum(result.finish_reason == FINISH_CANCELLED for result in results)
 
     # --- checks ---------------------------------------------------------------------------------------------------
     def check_api_key(self, request: Request) -> None:
@@ -354,6 +359,7 @@ def create_app(
             "running": scheduler.running,
             "batches_run": scheduler.batches_run,
             "largest_batch": scheduler.largest_batch,
+            "cancelled_rows": service.cancelled_rows,
             "max_batch_size": scheduler.max_batch_size,
             "auth_required": bool(config.api_key),
         }

@@ -65,16 +65,28 @@ class ChatCompletionRequest(_Strict):
         return [stop for stop in stops if stop]
 
 
+_BRANCH_NAMES = ("str", "int", "float", "bool", "none")
+
+
 def _param(location: tuple) -> str:
-    """``messages.0.content`` -> ``messages[0].content`` (OpenAI style), dropping union-branch names."""
-    text = ""
+    """A pydantic error location as an OpenAI ``param``: ``messages[0].content[1].image_url.url``.
+
+    Union branch names (``str``, ``list[...]``) and the tag of a tagged union are not fields and are dropped.
+    """
+    text, drop_tag, after_index = "", False, False
     for part in location:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("str", "list[...]", "function-after") or "[" in str(part) or part in ("text", "image_url"):
+            after_index = True
             continue
-        else:
-            text += f".{part}" if text else str(part)
+        if part in _BRANCH_NAMES or "[" in part or part.startswith("function-"):
+            drop_tag = drop_tag or "tagged-union" in part
+            continue
+        if drop_tag and after_index:
+            drop_tag = after_index = False
+            continue
+        text += f".{part}" if text else part
+        after_index = False
     return text
 
 
@@ -89,7 +101,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     try:
         request = ChatCompletionRequest.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
+        first = max(err.errors(), key=lambda error: len(error["loc"]))  # the deepest union branch says most
         param = _param(first["loc"])
         raise APIError(400, f"{param or 'body'}: {first['msg']}", "invalid_value", param or None) from err
     if request.n != 1:

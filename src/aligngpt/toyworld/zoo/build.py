@@ -46,9 +46,9 @@ FORMAT_VERSION = 1
 ZOO_FILE = "zoo.json"
 TOKENIZER_DIR, CLIP_DIR, LLAMA_DIR = "tokenizer", "clip", "llama"
 LOSS_WINDOW = 10  # steps averaged for the reported final training loss
-# One intra-op thread: the zoo's matrices are tiny, and on a 2-core machine shared with other work a second
-# thread measured slower and less steady (see docs/toyworld.md for the numbers).
-DEFAULT_THREADS = 1
+# Two single-threaded jobs (CLIP in a worker process, LLaMA here): the models are tiny, so a second intra-op
+# thread helps one job little and unsteadily on a shared 2-core machine (measurements in docs/toyworld.md).
+DEFAULT_THREADS = 2
 
 
 @dataclass(frozen=True)
