@@ -12,7 +12,7 @@ from aligngpt.data.dataset import VISION_FEATURES_KEY, TrainingDataset
 from aligngpt.data.validation import BadRecordError
 from aligngpt.modeling import IGNORE_INDEX
 from aligngpt.processing import AlignGPTProcessor
-from tests.training.conftest import finetune_records, pretrain_records, write_images, write_json
+from tests.training.toydata import finetune_records, pretrain_records, write_images, write_json
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from aligngpt.training.config import resolve_config
 from aligngpt.training.engine import train
-from tests.training.conftest import finetune_records, quick_settings, write_json
+from tests.training.toydata import finetune_records, quick_settings, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -103,10 +103,14 @@ def test_deepspeed_two_processes_train_and_save(world, even_data, tmp_path, stag
     history = _torchrun(settings, tmp_path)
     losses = _curve(history, "loss")
     assert len(losses) == 4 and losses[-1] < losses[0]
-    after = load_file(str(out / "model.safetensors"))
-    assert set(before) == set(after) and all(before[key].shape == after[key].shape for key in before)
+    from aligngpt.modeling import AlignGPTForConditionalGeneration
+
+    # ZeRO-3 saves the gathered weights under raw module paths; loading maps them, so compare loaded models
+    model, info = AlignGPTForConditionalGeneration.from_pretrained(str(out), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    after = model.state_dict()
     # the adapter was loaded into (gathered) parameters; the frozen level table was saved (gathered) unchanged
     assert torch.equal(after["alignment.level_embeddings"], shifted["alignment.level_embeddings"])
     assert not torch.equal(after["projector.0.weight"], shifted["projector.0.weight"])
-    assert torch.equal(after["vision_tower.vision_model.embeddings.patch_embedding.weight"],
-                       before["vision_tower.vision_model.embeddings.patch_embedding.weight"])  # fmt: skip
+    tower = [key for key in before if key.startswith("vision_tower.")]
+    assert tower and all(torch.equal(after[key], before[key]) for key in tower)

@@ -17,8 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from aligngpt.training.config import RESOLVED_CONFIG_NAME
-from tests.training.conftest import COLOURS, quick_settings
-from tests.training.test_train import run
+from tests.training.toydata import COLOURS, quick_settings, run
 
 REPO = Path(__file__).resolve().parents[2]
 

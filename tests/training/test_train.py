@@ -11,8 +11,7 @@ from safetensors.torch import load_file
 from aligngpt.convert.official import STAGE1_ADAPTER
 from aligngpt.training.adapter import OUR_ADAPTER, AdapterError, load_stage1_adapter, read_stage1_adapter
 from aligngpt.training.config import RESOLVED_CONFIG_NAME, resolve_config
-from aligngpt.training.engine import train
-from tests.training.conftest import quick_settings
+from tests.training.toydata import run
 
 ADAPTER_KEYS = {"projector.0.weight", "projector.0.bias", "projector.2.weight", "projector.2.bias"}
 
@@ -29,12 +28,6 @@ def _same(a: dict, b: dict, prefix: str) -> bool:
 
 def _changed(a: dict, b: dict, prefix: str) -> bool:
     return all(not torch.equal(a[key], b[key]) for key in a if key.startswith(prefix) and key.endswith("weight"))
-
-
-def run(recipe: str, world, out, **settings):
-    data = world["pretrain"] if recipe == "pretrain" else world["finetune"]
-    base = dict(data=str(data), image_root=str(world["images"]), output_dir=str(out))
-    return train(resolve_config(recipe, overrides=quick_settings(**{**base, **settings})))
 
 
 @pytest.fixture(scope="module")

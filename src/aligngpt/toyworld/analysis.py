@@ -1,0 +1,120 @@
+"""Measurements of the toy-world study: CLIP-score quality, captions under forced levels, gate weights by task."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from aligngpt.toyworld.metrics import read_jsonl, score_captions
+
+SCORE_FIELD = "clip_score"
+LEVEL_FIELD = "similarity"
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values), dtype=float)
+    for value in np.unique(values):
+        tied = values == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two equal-length arrays."""
+    ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
+    return float((ra * rb).sum() / denominator) if denominator else 0.0
+
+
+def clip_score_quality(scored: Path, num_levels: int) -> dict:
+    """Spearman(CLIP score, true alignment) and the mean true alignment / score per level of a scored file."""
+    records = [r for r in json.loads(Path(scored).read_text()) if SCORE_FIELD in r]
+    scores = np.array([r[SCORE_FIELD] for r in records])
+    truth = np.array([r["true_alignment"] for r in records])
+    levels = np.array([r[LEVEL_FIELD] for r in records])
+    per_level = []
+    for level in range(num_levels):
+        chosen = levels == level
+        per_level.append({
+            "level": level,
+            "count": int(chosen.sum()),
+            "mean_true_alignment": float(truth[chosen].mean()) if chosen.any() else None,
+            "mean_clip_score": float(scores[chosen].mean()) if chosen.any() else None,
+        })  # fmt: skip
+    kinds = defaultdict(list)
+    for record in records:
+        kinds[record.get("noise_kind", "unknown")].append(record[SCORE_FIELD])
+    return {
+        "n": len(records),
+        "spearman": spearman(scores, truth),
+        "per_level": per_level,
+        "mean_score_by_kind": {kind: float(np.mean(values)) for kind, values in sorted(kinds.items())},
+    }
+
+
+def caption_level_sweep(model_dir: Path, world_dir: Path, levels: int | None, batch_size: int, tokens: int) -> dict:
+    """Caption F1 / CHAIR of a stage-1 model on the caption eval set, with the alignment token forced to each level.
+
+    ``levels=None`` (the baseline) captions once without any forced level.
+    """
+    from PIL import Image
+
+    import aligngpt
+    from aligngpt.inference.pipeline import GenerationSettings
+
+    pipeline = aligngpt.load(model_dir, device="cpu", template="plain")
+    questions = read_jsonl(world_dir / "eval" / "caption" / "questions.jsonl")
+    annotations = read_jsonl(world_dir / "eval" / "caption" / "annotations.jsonl")
+    images = [Image.open(world_dir / "images" / q["image"]).convert("RGB") for q in questions]
+    settings = GenerationSettings(max_new_tokens=tokens)
+    results = {}
+    for level in range(levels) if levels is not None else [None]:
+        texts = []
+        for start in range(0, len(questions), batch_size):
+            chunk = images[start : start + batch_size]
+            forced = None if level is None else [level] * len(chunk)
+            answers = pipeline.generate_batch([(image, "") for image in chunk], settings, alignment_levels=forced)
+            texts += [answer.text for answer in answers]
+        predictions = {str(q["question_id"]): text for q, text in zip(questions, texts)}
+        results["none" if level is None else str(level)] = {
+            **score_captions(predictions, annotations),
+            "example": texts[0] if texts else "",
+        }
+    return results
+
+
+def gate_statistics(answers_path: Path, world_dir: Path) -> dict:
+    """Mean gate weights per question type, their entropy, and the mean per-sample entropy."""
+    category = {}
+    for name in ("caption", "vqa", "pope"):
+        for question in read_jsonl(world_dir / "eval" / name / "questions.jsonl"):
+            category[str(question["question_id"])] = "pope" if name == "pope" else question.get("category", name)
+    weights = defaultdict(list)
+    for answer in read_jsonl(answers_path):
+        alpha = (answer.get("metadata") or {}).get("alignment_weights")
+        if alpha is not None:
+            weights[category.get(str(answer["question_id"]), "other")].append(alpha)
+    if not weights:
+        return {}
+    result = {}
+    for task, rows in sorted(weights.items()):
+        matrix = np.array(rows)
+        mean = matrix.mean(0)
+        result[task] = {
+            "mean": mean.tolist(),
+            "entropy_of_mean": float(-(mean * np.log(mean + 1e-12)).sum()),
+            "mean_entropy": float(-(matrix * np.log(matrix + 1e-12)).sum(1).mean()),
+            "per_sample_std": float(matrix.std(0).mean()),
+            "n": len(rows),
+        }
+    result["max_entropy"] = float(math.log(len(next(iter(weights.values()))[0])))
+    return result

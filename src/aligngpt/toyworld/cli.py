@@ -1,0 +1,25 @@
+"""``aligngpt demo``: the offline toy world end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (reruns reuse finished steps)."),
+    seeds: int = typer.Option(None, "--seeds", min=1, help="Seeds per variant (default: 1, or 3 with --full)."),
+    full: bool = typer.Option(False, "--full", help="3 seeds, longer stage 2 and the global/local/uniform ablations."),
+    size: str = typer.Option("default", "--size", help="default, or smoke (tiny sizes, a few steps: a quick check)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Trainings run in parallel, one torch thread each."),
+) -> None:
+    """World -> zoo -> CLIP levels -> stage 1 -> stage 2 -> eval, for AlignGPT and LLaVA-1.5; writes report.md."""
+    from aligngpt.toyworld.pipeline import run_demo
+
+    report = run_demo(out, size=size, seeds=seeds, full=full, workers=workers)
+    typer.echo(f"report written to {report}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="demo")(demo)

@@ -1,0 +1,277 @@
+"""``aligngpt demo``: world -> zoo -> score -> pretrain -> finetune -> eval, for AlignGPT and the LLaVA-1.5 baseline.
+
+Every step goes through the public API that real-scale runs use (``score_dataset``, ``train``, ``run_evaluation``,
+``aligngpt.load``); nothing here is a demo-only code path. Finished steps are recorded in ``steps.json`` with their
+settings and skipped on a rerun. Independent trainings run two at a time in worker processes, one torch thread each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from aligngpt.toyworld._io import atomic_write_json
+from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, VARIANT_MODES, DemoPreset, get_preset
+
+STEPS_FILE = "steps.json"
+NUM_LEVELS = 8
+
+
+class StepLog:
+    """``steps.json``: per step, its settings digest, wall time and result; a step with the same digest is reused."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.steps: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def run(self, name: str, settings: dict, fn: Callable[[], object], echo: Callable[[str], None]) -> object:
+        digest = _digest(settings)
+        done = self.steps.get(name)
+        if done is not None and done["digest"] == digest:
+            echo(f"[demo] {name}: reused ({done['seconds']:.0f} s when it ran)")
+            return done["result"]
+        echo(f"[demo] {name} ...")
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+        self.steps[name] = {"digest": digest, "seconds": seconds, "result": result}
+        atomic_write_json(self.path, self.steps)
+        echo(f"[demo] {name}: done in {seconds:.0f} s")
+        return result
+
+    def seconds(self, prefix: str) -> float:
+        return sum(step["seconds"] for name, step in self.steps.items() if name.startswith(prefix))
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def train_job(overrides: dict, threads: int) -> dict:
+    """One ``aligngpt train`` run (in a worker process); returns a JSON-able summary."""
+    _set_threads(threads)
+    from aligngpt.training.config import resolve_config
+    from aligngpt.training.engine import train
+
+    result = train(resolve_config(overrides=overrides))
+    losses = result.losses
+    return {
+        "output_dir": str(result.output_dir),
+        "steps": result.global_step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
+
+
+def eval_job(model_dir: str, world_dir: str, out_dir: str, batch_size: int, threads: int) -> dict:
+    """The toy benchmark through ``aligngpt eval``'s runner, plus the gate's weights by question type."""
+    _set_threads(threads)
+    from aligngpt.evaluation.runner import run_evaluation
+    from aligngpt.toyworld.analysis import gate_statistics
+
+    metrics = run_evaluation(model_dir, ["toyworld"], world_dir, out_dir, batch_size=batch_size)["toyworld"]
+    gate = gate_statistics(Path(out_dir) / "toyworld" / "answers.jsonl", Path(world_dir))
+    return {"metrics": metrics, "gate": gate}
+
+
+def level_sweep_job(
+    model_dir: str, world_dir: str, levels: int | None, batch_size: int, tokens: int, threads: int
+) -> dict:
+    _set_threads(threads)
+    from aligngpt.toyworld.analysis import caption_level_sweep
+
+    return caption_level_sweep(Path(model_dir), Path(world_dir), levels, batch_size, tokens)
+
+
+def _parallel(jobs: list[tuple[Callable, tuple]], workers: int) -> list:
+    """Run jobs in spawned worker processes, ``workers`` at a time; results in job order."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(*args) for fn, args in jobs]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(fn, *args) for fn, args in jobs]
+        return [future.result() for future in futures]
+
+
+def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress: bool) -> dict:
+    return {
+        "image_root": str(world / "images"),
+        "seed": seed,
+        "global_batch_size": preset.batch_size,
+        "per_device_train_batch_size": preset.batch_size,
+        "cache_vision_features": True,
+        "precision": "fp32",
+        "gradient_checkpointing": False,
+        "save_steps": 10**9,
+        "logging_steps": 25,
+        "torch_threads": 1,
+        "dataloader_num_workers": 0,
+        "progress": progress,
+        "use_cpu": True,
+    }
+
+
+def stage1_settings(preset: DemoPreset, out: Path, world: Path, zoo: Path, scored: Path, variant: str, seed: int,
+                    progress: bool) -> dict:  # fmt: skip
+    return {
+        **_common_train_settings(preset, world, seed, progress),
+        "recipe": "pretrain",
+        "data": str(scored),
+        "output_dir": str(out / "runs" / f"seed{seed}" / f"{variant}-stage1"),
+        "vision_tower": str(zoo / "clip"),
+        "llm": str(zoo / "llama"),
+        "alignment_mode": VARIANT_MODES[variant],
+        "num_alignment_levels": NUM_LEVELS,
+        "image_pool_stride": preset.image_pool_stride,
+        "chat_template_name": "vicuna_v1",
+        "learning_rate": preset.pretrain_lr,
+        "max_steps": preset.pretrain_steps,
+        "train_llm_lr_scale": preset.llm_lr_scale,
+    }
+
+
+def stage2_settings(preset: DemoPreset, out: Path, world: Path, variant: str, seed: int, progress: bool) -> dict:
+    start = BASELINE if variant == BASELINE else ALIGNGPT
+    return {
+        **_common_train_settings(preset, world, seed, progress),
+        "recipe": "finetune",
+        "data": str(world / "finetune.json"),
+        "output_dir": str(out / "runs" / f"seed{seed}" / variant),
+        "model": str(out / "runs" / f"seed{seed}" / f"{start}-stage1"),
+        "alignment_mode": VARIANT_MODES[variant],
+        "learning_rate": preset.finetune_lr,
+        "max_steps": preset.finetune_steps,
+    }
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    size: str = "default",
+    seeds: int | None = None,
+    full: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """Run the whole toy-world study under ``out`` and return the path of ``report.md``."""
+    from aligngpt.scoring.run import ScoreConfig, score_dataset
+    from aligngpt.toyworld.analysis import clip_score_quality
+    from aligngpt.toyworld.dataset import DatasetConfig, write_dataset
+    from aligngpt.toyworld.instructions import InstructionConfig
+    from aligngpt.toyworld.report import write_report
+    from aligngpt.toyworld.zoo.build import build_zoo
+
+    preset = get_preset("full" if full else size)
+    seed_list = list(range(seeds or preset.seeds))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = StepLog(out / STEPS_FILE)
+    world, zoo, scored = out / "world", out / "zoo", out / "scored" / "pretrain.json"
+
+    weights = {"task_weights": preset.instruction_weights} if preset.instruction_weights else {}
+    instructions = InstructionConfig(noise_fraction=preset.noise_fraction, noisy_tasks=preset.noisy_tasks, **weights)
+    dataset = DatasetConfig(seed=0, n_pretrain=preset.n_pretrain, n_finetune=preset.n_finetune, n_eval=preset.n_eval,
+                            instructions=instructions)  # fmt: skip
+    log.run("world", dataset.settings(), lambda: str(write_dataset(world, dataset, progress=progress)), echo)
+    zoo_record = log.run(
+        "zoo", {"size": preset.zoo_size, "seed": 0},
+        lambda: build_zoo(zoo, seed=0, size=preset.zoo_size, threads=workers, progress=progress), echo,
+    )  # fmt: skip
+    score_config = ScoreConfig(data=world / "pretrain.json", images=world / "images", clip=str(zoo / "clip"),
+                               out=scored, num_levels=NUM_LEVELS, workers=0, progress=progress)  # fmt: skip
+    log.run("score", {"data": dataset.settings(), "zoo": preset.zoo_size},
+            lambda: str(score_dataset(score_config).out), echo)  # fmt: skip
+    clip_quality = log.run("clip-quality", {"scored": str(scored), "data": dataset.settings()},
+                           lambda: clip_score_quality(scored, NUM_LEVELS), echo)  # fmt: skip
+
+    def stage(name: str, jobs: list[tuple[str, dict, Callable, tuple]]) -> dict[str, object]:
+        """Run the jobs not yet done (in parallel), record each; returns results by job name."""
+        results = {}
+        todo = []
+        for job_name, settings, fn, args in jobs:
+            digest_settings = {"settings": settings, "preset": asdict(preset)}
+            previous = log.steps.get(job_name)
+            if previous and previous["digest"] == _digest(digest_settings):
+                echo(f"[demo] {job_name}: reused")
+                results[job_name] = previous["result"]
+            else:
+                todo.append((job_name, digest_settings, fn, args))
+        if todo:
+            echo(f"[demo] {name}: {', '.join(j[0] for j in todo)} ({min(workers, len(todo))} at a time)")
+            start = time.perf_counter()
+            outputs = _parallel([(fn, args) for _, _, fn, args in todo], workers)
+            seconds = (time.perf_counter() - start) / len(todo)
+            for (job_name, digest_settings, _, _), result in zip(todo, outputs):
+                log.steps[job_name] = {"digest": _digest(digest_settings), "seconds": seconds, "result": result}
+                results[job_name] = result
+            atomic_write_json(log.path, log.steps)
+            echo(f"[demo] {name}: done in {seconds * len(todo):.0f} s")
+        return results
+
+    stage1 = {}
+    for seed in seed_list:
+        jobs = []
+        for variant in (ALIGNGPT, BASELINE):
+            settings = stage1_settings(preset, out, world, zoo, scored, variant, seed, progress)
+            jobs.append((f"pretrain/seed{seed}/{variant}", settings, train_job, (settings, 1)))
+        stage1.update(stage("stage 1 (pretrain)", jobs))
+
+    sweep_jobs = []
+    for seed in seed_list:
+        for variant, levels in ((ALIGNGPT, NUM_LEVELS), (BASELINE, None)):
+            model_dir = str(out / "runs" / f"seed{seed}" / f"{variant}-stage1")
+            args = (model_dir, str(world), levels, preset.eval_batch_size, preset.caption_tokens, 1)
+            sweep_jobs.append(
+                (f"level-sweep/seed{seed}/{variant}", {"model": model_dir, "levels": levels}, level_sweep_job, args)
+            )
+    sweeps = stage("stage-1 caption sweep over forced levels", sweep_jobs)
+
+    finals = {}
+    for seed in seed_list:
+        jobs = []
+        for variant in preset.variants:
+            settings = stage2_settings(preset, out, world, variant, seed, progress)
+            jobs.append((f"finetune/seed{seed}/{variant}", settings, train_job, (settings, 1)))
+        finals.update(stage("stage 2 (finetune)", jobs))
+
+    eval_jobs = []
+    for seed in seed_list:
+        for variant in preset.variants:
+            model_dir = str(out / "runs" / f"seed{seed}" / variant)
+            eval_out = str(out / "eval" / f"seed{seed}" / variant)
+            args = (model_dir, str(world), eval_out, preset.eval_batch_size, 1)
+            eval_jobs.append((f"eval/seed{seed}/{variant}", {"model": model_dir}, eval_job, args))
+    evaluations = stage("evaluation", eval_jobs)
+
+    report = write_report(
+        out, preset=preset, seeds=seed_list, zoo=zoo_record, clip_quality=clip_quality, stage1=stage1, sweeps=sweeps,
+        finals=finals, evaluations=evaluations, timings=_timings(log),
+    )  # fmt: skip
+    echo(f"[demo] report: {report}")
+    echo(f"[demo] chat with the result: aligngpt chat --model {out / 'runs' / 'seed0' / ALIGNGPT} "
+         f"--image {world / 'images' / 'eval' / '000000.png'}")  # fmt: skip
+    return report
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _timings(log: StepLog) -> dict[str, float]:
+    return {
+        "world": log.seconds("world"),
+        "zoo": log.seconds("zoo"),
+        "score": log.seconds("score") + log.seconds("clip-quality"),
+        "stage 1 (pretrain)": log.seconds("pretrain/"),
+        "stage-1 level sweep": log.seconds("level-sweep/"),
+        "stage 2 (finetune)": log.seconds("finetune/"),
+        "evaluation": log.seconds("eval/"),
+    }

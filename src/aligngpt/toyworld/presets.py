@@ -1,0 +1,57 @@
+"""Sizes of the toy-world demo: ``smoke`` (tests), ``default`` (``make demo``, <= 10 min) and ``full`` (<= 60 min)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BASELINE = "baseline"
+ALIGNGPT = "aligngpt"
+ABLATIONS = ("global", "local", "uniform")
+# alignment_mode of each stage-2 variant; the ablations start from AlignGPT's stage 1.
+VARIANT_MODES = {ALIGNGPT: "adaptive", BASELINE: "none", "global": "global", "local": "local", "uniform": "uniform"}
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """Everything the demo varies with its size. Steps are optimizer steps of ``batch_size`` samples."""
+
+    n_pretrain: int
+    n_finetune: int
+    n_eval: int
+    zoo_size: str
+    pretrain_steps: int
+    finetune_steps: int
+    batch_size: int
+    seeds: int = 1
+    variants: tuple[str, ...] = (ALIGNGPT, BASELINE)
+    pretrain_lr: float = 1e-3
+    finetune_lr: float = 1e-3
+    llm_lr_scale: float = 0.5  # stage 1 also trains the LLM at half the LR (toy recipe, see docs/toyworld.md)
+    image_pool_stride: int = 2  # 6x6 patches -> 9 image tokens
+    eval_batch_size: int = 64
+    caption_tokens: int = 40
+    noisy_tasks: tuple[str, ...] = ()
+    noise_fraction: float = 0.25
+    instruction_weights: dict[str, float] = field(default_factory=dict)
+
+
+PRESETS: dict[str, DemoPreset] = {
+    "smoke": DemoPreset(
+        n_pretrain=96, n_finetune=96, n_eval=6, zoo_size="smoke", pretrain_steps=3, finetune_steps=3, batch_size=8,
+        eval_batch_size=16, caption_tokens=12,
+    ),
+    "default": DemoPreset(
+        n_pretrain=6000, n_finetune=6000, n_eval=150, zoo_size="default", pretrain_steps=300, finetune_steps=500,
+        batch_size=64,
+    ),
+    "full": DemoPreset(
+        n_pretrain=20000, n_finetune=20000, n_eval=300, zoo_size="default", pretrain_steps=400, finetune_steps=1500,
+        batch_size=64, seeds=3, variants=(ALIGNGPT, BASELINE, *ABLATIONS),
+    ),
+}  # fmt: skip
+
+
+def get_preset(name: str) -> DemoPreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown demo size {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
