@@ -29,7 +29,7 @@ def _settings(world, data: Path, out: Path, **extra) -> dict:
     return quick_settings(**{**base, **extra})
 
 
-def _torchrun(settings: dict, tmp_path: Path) -> list[dict]:
+def _torchrun(settings: dict, tmp_path: Path, timeout: int = 300) -> list[dict]:
     """Run ``python -m aligngpt.training`` on 2 CPU processes; returns the log history."""
     config = tmp_path / "run.yaml"
     import yaml
@@ -38,7 +38,7 @@ def _torchrun(settings: dict, tmp_path: Path) -> list[dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "aligngpt.training", "--config", str(config)]  # fmt: skip
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((Path(settings["output_dir"]) / "trainer_state.json").read_text())
     return state["log_history"]
@@ -100,7 +100,7 @@ def test_deepspeed_two_processes_train_and_save(world, even_data, tmp_path, stag
     settings = _settings(world, even_data, out, per_device_train_batch_size=2,
                          deepspeed=str(REPO / "configs" / f"{stage}.json"),
                          stage1_adapter=str(tmp_path / "stage1" / "mm_projector_align.bin"))  # fmt: skip
-    history = _torchrun(settings, tmp_path)
+    history = _torchrun(settings, tmp_path, timeout=1200)  # a cold DeepSpeed op build takes minutes
     losses = _curve(history, "loss")
     assert len(losses) == 4 and losses[-1] < losses[0]
     from aligngpt.modeling import AlignGPTForConditionalGeneration
