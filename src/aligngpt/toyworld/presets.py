@@ -41,7 +41,7 @@ PRESETS: dict[str, DemoPreset] = {
         eval_batch_size=16, caption_tokens=12,
     ),
     "default": DemoPreset(
-        n_pretrain=6000, n_finetune=6000, n_eval=150, zoo_size="default", pretrain_steps=300, finetune_steps=500,
+        n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=250, finetune_steps=500,
         batch_size=64,
     ),
     "full": DemoPreset(

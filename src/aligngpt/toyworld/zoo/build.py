@@ -61,6 +61,8 @@ class ZooSettings:
 
 SIZES: dict[str, ZooSettings] = {
     "default": ZooSettings(),
+    # ``make demo``'s budget (<= 10 min for everything): fewer CLIP and LLaMA steps, measured in docs/toyworld.md.
+    "demo": ZooSettings(clip=ClipSettings(steps=250, eval_scenes=300), llama=LlamaSettings(steps=150)),
     "smoke": ZooSettings(
         tokenizer_texts=300,
         clip=ClipSettings(steps=8, batch_size=16, pool_size=128, eval_scenes=100, spearman_samples=100),
