@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlamaForCausalLM
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig
 
 from aligngpt.config import AlignGPTConfig
 from aligngpt.modeling import AlignGPTForConditionalGeneration
 from aligngpt.processing import AlignGPTProcessor, load_tokenizer
+
 VOCAB = 32000
 FIXTURE_TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "official_tiny" / "base_llm"
 
@@ -79,7 +80,7 @@ def bench_training(model, processor, batch_size: int, repeats: int) -> None:
     batch = processor.collate(samples)
     bare = model.language_model
     with torch.no_grad():
-        embeds, _ = model._merge_multimodal(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None)
+        embeds, _ = model.embed_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None)
 
     def ours(positions: str) -> None:
         model.zero_grad(set_to_none=True)
@@ -108,7 +109,7 @@ def bench_inference(model, processor, repeats: int, new_tokens: int = 16) -> Non
     batch = processor([prompt], images(1))
     bare = model.language_model
     with torch.no_grad():
-        embeds, _ = model._merge_multimodal(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None)
+        embeds, _ = model.embed_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None)
     common = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
 
     def ours(n: int) -> None:
@@ -117,7 +118,9 @@ def bench_inference(model, processor, repeats: int, new_tokens: int = 16) -> Non
     def floor(n: int) -> None:
         with torch.no_grad():
             model.get_vision_features(batch["pixel_values"])
-        bare.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"], max_new_tokens=n, min_new_tokens=n, **common)
+        bare.generate(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"], max_new_tokens=n, min_new_tokens=n, **common
+        )
 
     with torch.inference_mode():
         ours(2), floor(2)
@@ -126,7 +129,10 @@ def bench_inference(model, processor, repeats: int, new_tokens: int = 16) -> Non
             one, one_floor = timed(lambda: ours(1)), timed(lambda: floor(1))
             many, many_floor = timed(lambda: ours(new_tokens)), timed(lambda: floor(new_tokens))
             prefill.append(one), prefill_floor.append(one_floor)
-            decode.append((many - one) / (new_tokens - 1)), decode_floor.append((many_floor - one_floor) / (new_tokens - 1))
+            (
+                decode.append((many - one) / (new_tokens - 1)),
+                decode_floor.append((many_floor - one_floor) / (new_tokens - 1)),
+            )
     summary(f"(b) prefill L={batch['input_ids'].shape[1]}", prefill, prefill_floor)
     summary("(b) decode per token", decode, decode_floor)
 

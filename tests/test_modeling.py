@@ -140,7 +140,7 @@ def test_kv_cache_decoding_equals_full_recomputation(llama_clip):
         next_ids = prefill.logits[:, -1].argmax(-1, keepdim=True)
         mask = torch.cat([batch["attention_mask"], torch.ones_like(next_ids)], dim=1)
         step = model(input_ids=next_ids, attention_mask=mask, cache=prefill.cache, use_cache=True)
-        prompt_embeds, _ = model._merge_multimodal(
+        prompt_embeds, _ = model.embed_inputs(
             batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None
         )
         embeds = torch.cat([prompt_embeds, model.get_input_embeddings()(next_ids)], dim=1)

@@ -52,7 +52,10 @@ def test_plain_template_keeps_only_the_image_and_the_caption():
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("chatml", "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"),
+        (
+            "chatml",
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n",
+        ),
         ("gemma", "<start_of_turn>user\nS\n\nq<end_of_turn>\n<start_of_turn>model\na<end_of_turn>\n"),
         ("mistral", "[INST] S\n\nq [/INST] a</s>"),
         ("llama_3", "S <|start_header_id|>user: q <|start_header_id|>assistant: a<|end_of_text|>"),

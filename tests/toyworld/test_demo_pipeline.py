@@ -33,9 +33,14 @@ def test_smoke_demo_produces_every_artefact_and_reuses_finished_steps(tmp_path):
     assert aligngpt.config.alignment_mode == "adaptive" and baseline.config.alignment_mode == "none"
     assert aligngpt.config.num_image_tokens == 9  # 6x6 patches pooled by 2
     steps = json.loads((out / "steps.json").read_text())
-    assert {"world", "zoo", "score", "pretrain/seed0/aligngpt", "finetune/seed0/baseline", "eval/seed0/aligngpt"} <= set(
-        steps
-    )
+    assert {
+        "world",
+        "zoo",
+        "score",
+        "pretrain/seed0/aligngpt",
+        "finetune/seed0/baseline",
+        "eval/seed0/aligngpt",
+    } <= set(steps)
 
     again = CliRunner().invoke(app, ["demo", "--size", "smoke", "--out", str(out), "--workers", "1"])
     assert again.exit_code == 0, again.output

@@ -135,7 +135,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
             text &= ~(is_first & (input_ids == bos_id))
         return text
 
-    def _merge_multimodal(
+    def embed_inputs(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
@@ -226,7 +226,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         alignment_weights = None
         if inputs_embeds is None:
-            inputs_embeds, alignment_weights = self._merge_multimodal(
+            inputs_embeds, alignment_weights = self.embed_inputs(
                 input_ids, attention_mask, pixel_values, vision_features, alignment_levels
             )
         if position_ids is None and attention_mask is not None:
