@@ -138,10 +138,10 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
     def embed_inputs(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        pixel_values: torch.Tensor | None,
-        vision_features: torch.Tensor | None,
-        alignment_levels: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
+        alignment_levels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Embed ``input_ids`` and scatter image features and alignment embeddings into place.
 
