@@ -1,7 +1,7 @@
 """Training throughput of both AlignGPT stages on a small preset: tokens/s and achieved FLOP/s as a fraction of the
 matmul peak measured in the same process.
 
-    python benchmarks/bench_train.py [--threads 2] [--dtype fp32|bf16] [--steps 10] [--repeats 3]
+    python benchmarks/bench_train.py [--threads 2] [--dtype fp32|bf16] [--steps 10] [--repeats 3] [--device cuda]
 
 FLOPs per step are counted once with ``torch.utils.flop_counter.FlopCounterMode`` (every matmul/conv actually run:
 frozen vision tower forward, LLM forward and backward, gate, projector); the step time is the median (and min) over
@@ -38,15 +38,23 @@ PRESETS = {
 PEAK_SIZE = 1024
 
 
-def matmul_peak(dtype: torch.dtype, size: int = PEAK_SIZE, repeats: int = 5) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = PEAK_SIZE, repeats: int = 5) -> float:
     """Best FLOP/s of a ``size``-cubed matmul in ``dtype``."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         for _ in range(4):
             torch.matmul(a, b)
+        _sync(device)
         best = min(best, (time.perf_counter() - start) / 4)
     return 2 * size**3 / best
 
@@ -86,13 +94,15 @@ def make_batch(model: AlignGPTForConditionalGeneration, preset: dict, stage: str
     return out
 
 
-def bench_stage(recipe_name: str, preset: dict, dtype: torch.dtype, steps: int, repeats: int) -> dict:
+def bench_stage(
+    recipe_name: str, preset: dict, dtype: torch.dtype, steps: int, repeats: int, device: torch.device
+) -> dict:
     recipe = get_recipe(recipe_name)
-    model = build(preset, "adaptive")
+    model = build(preset, "adaptive").to(device)
     groups = recipe.apply(model, RecipeOptions())
     optimizer = torch.optim.AdamW([{"params": [p for _, p in g.params]} for g in groups], lr=1e-5)
-    batch = make_batch(model, preset, recipe.stage)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
+    batch = {key: value.to(device) for key, value in make_batch(model, preset, recipe.stage).items()}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
 
     def step() -> None:
         with autocast:
@@ -109,9 +119,11 @@ def bench_stage(recipe_name: str, preset: dict, dtype: torch.dtype, steps: int, 
     flops = counter.get_total_flops()
     times = []
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             step()
+        _sync(device)
         times.append((time.perf_counter() - start) / steps)
     tokens = int(batch["attention_mask"].sum())
     median, best = statistics.median(times), min(times)
@@ -125,18 +137,20 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     preset = PRESETS[args.preset]
-    peak = matmul_peak(dtype)
-    print(f"threads {torch.get_num_threads()}, dtype {args.dtype}, matmul peak {peak / 1e9:.1f} GFLOP/s "
-          f"({PEAK_SIZE}^3)")  # fmt: skip
+    device = torch.device(args.device)
+    peak = matmul_peak(dtype, device)
+    print(f"device {device}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s ({PEAK_SIZE}^3)")  # fmt: skip
     print(f"{'stage':<10} {'tokens/step':>11} {'GFLOP/step':>10} {'step ms (med/min)':>18} {'tokens/s':>9} "
           f"{'GFLOP/s':>8} {'of peak':>8}")  # fmt: skip
     for recipe in ("pretrain", "finetune"):
-        result = bench_stage(recipe, preset, dtype, args.steps, args.repeats)
+        result = bench_stage(recipe, preset, dtype, args.steps, args.repeats, device)
         rate = result["flops"] / result["median_s"]
         print(
             f"{recipe:<10} {result['tokens']:>11} {result['flops'] / 1e9:>10.2f} "
