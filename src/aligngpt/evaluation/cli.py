@@ -48,6 +48,8 @@ def evaluate(
     max_new_tokens: int = typer.Option(
         None, "--max-new-tokens", min=1, help="Override the benchmarks' official answer lengths (smoke runs only)."
     ),
+    judge_base_url: str = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpoint for GPT judging."),
+    judge_model: str = typer.Option(None, "--judge-model", help="Judge model (default: the official one)."),
 ) -> None:
     """Generate answers with MODEL on each benchmark, then score them (or use a subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -70,15 +72,18 @@ def evaluate(
         if err.name != "aligngpt.evaluation.runner":
             raise
         raise _fail("generation is not available in this install (aligngpt.evaluation.runner is missing)") from err
-    run_evaluation(
-        model=model,
-        benchmarks=names,
-        data_dir=data_dir,
-        out_dir=out,
-        batch_size=batch_size,
-        limit=limit,
-        max_new_tokens=max_new_tokens,
-    )
+    from aligngpt.evaluation.io import BadRecordError, MissingDataError
+    from aligngpt.evaluation.judge import JudgeError, OpenAIJudge
+
+    extra = {"max_new_tokens": max_new_tokens}
+    if judge_base_url:
+        extra["judge"] = OpenAIJudge(judge_base_url, model=judge_model)
+    try:
+        run_evaluation(
+            model=model, benchmarks=names, data_dir=data_dir, out_dir=out, batch_size=batch_size, limit=limit, **extra
+        )
+    except (MissingDataError, BadRecordError, JudgeError, FileNotFoundError) as err:
+        raise _fail(f"{err} (answers generated so far are kept under {out}; rerun to continue)") from err
 
 
 @eval_app.command("score")
