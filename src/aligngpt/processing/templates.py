@@ -183,6 +183,8 @@ TEMPLATES: dict[str, ChatTemplate] = {
     for template in (
         ChatTemplate("plain", "", _plain, ("\n",)),
         ChatTemplate("vicuna_v1", VICUNA_SYSTEM, _vicuna_v1, ("</s>",)),
+        # Vicuna v1 turns without the system prompt: short sequences for small models (the toy world).
+        ChatTemplate("vicuna_v1_nosys", "", _vicuna_v1, ("</s>",)),
         ChatTemplate("llama_3", LLAMA_3_SYSTEM, _llama_3, ("<|end_of_text|>",)),
         ChatTemplate("chatml", "You are a helpful assistant.", _chatml, ("<|im_end|>",)),
         ChatTemplate("phi", VICUNA_SYSTEM, _phi, ("<|endoftext|>",)),

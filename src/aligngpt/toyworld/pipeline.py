@@ -21,6 +21,8 @@ from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, VARIANT_MODES, DemoPre
 
 STEPS_FILE = "steps.json"
 NUM_LEVELS = 8
+# The zoo LLaMA learned Vicuna-v1 turns without the system prompt; it also keeps the sequences short.
+CHAT_TEMPLATE = "vicuna_v1_nosys"
 
 
 class StepLog:
@@ -131,7 +133,7 @@ def stage1_settings(preset: DemoPreset, out: Path, world: Path, zoo: Path, score
         "alignment_mode": VARIANT_MODES[variant],
         "num_alignment_levels": NUM_LEVELS,
         "image_pool_stride": preset.image_pool_stride,
-        "chat_template_name": "vicuna_v1",
+        "chat_template_name": CHAT_TEMPLATE,
         "learning_rate": preset.pretrain_lr,
         "max_steps": preset.pretrain_steps,
         "train_llm_lr_scale": preset.llm_lr_scale,

@@ -41,8 +41,8 @@ PRESETS: dict[str, DemoPreset] = {
         eval_batch_size=16, caption_tokens=12,
     ),
     "default": DemoPreset(
-        n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=250, finetune_steps=500,
-        batch_size=64,
+        n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=200, finetune_steps=400,
+        batch_size=32,
     ),
     "full": DemoPreset(
         n_pretrain=20000, n_finetune=20000, n_eval=300, zoo_size="default", pretrain_steps=400, finetune_steps=1500,
