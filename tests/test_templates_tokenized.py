@@ -45,6 +45,7 @@ class TokenizerSpec:
 
 SPECS = {
     "vicuna_v1": TokenizerSpec(bos="<s>", eos="</s>", answer_prefix=" "),
+    "vicuna_v1_nosys": TokenizerSpec(bos="<s>", eos="</s>", answer_prefix=" "),
     "mistral": TokenizerSpec(bos="<s>", eos="</s>", answer_prefix=" "),
     "llama_3": TokenizerSpec(
         bos="<|begin_of_text|>", eos="<|end_of_text|>", extra=("<|start_header_id|>",), answer_prefix=" "
