@@ -51,7 +51,7 @@ def build(seed: int = 0) -> tuple[AlignGPTForConditionalGeneration, AlignGPTProc
 def conversations(n: int) -> list[list[dict]]:
     turns = []
     for i in range(n):
-        question = "<image>\nDescribe the picture in detail and name every object you can see " * (1 + i % 2)
+        question = "<image>\n" + "Describe the picture in detail and name every object you can see " * (1 + i % 2)
         answer = "The picture shows a red car parked near a river with two boats and a green tree. " * (2 + i % 3)
         turns.append([{"from": "human", "value": question.strip()}, {"from": "gpt", "value": answer.strip()}])
     return turns

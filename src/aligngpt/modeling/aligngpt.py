@@ -253,8 +253,9 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
             kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
             logits = lm_head(kept)
             if labels is not None:
-                shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
-                loss = _mean_cross_entropy(shifted, labels[:, 1:].reshape(-1), num_items)
+                # Shift the labels (not the logits): slicing [B, L, V] logits would copy them.
+                targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+                loss = _mean_cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), num_items)
         return AlignGPTOutput(
             loss=loss,
             logits=logits,
