@@ -7,7 +7,8 @@ LLaMA hidden 512 x 4 layers, vocab 32000, finetune-style conversations.
     identical final embedding sequence with full logits, plus the frozen vision forward; with full logits and with the
     LM head only at supervised positions (``loss_positions="supervised"``).
 (b) prefill and per-token decode time / bare LLaMA ``generate`` on embeddings of the same lengths.
-(c) batched greedy throughput at batch 8 / batch 1, with outputs checked equal to batch 1.
+(c) batched greedy throughput at batch 8 / batch 1 (128 new tokens, the evaluation setting), with outputs checked
+    equal to batch 1.
 
 Run: ``python benchmarks/bench_model.py [--repeats 3] [--threads 2] [--batches 1 4 8]``.
 """
@@ -61,9 +62,16 @@ def images(n: int) -> list[Image.Image]:
     return [Image.new("RGB", (300 + 10 * i, 260), (40 * i % 255, 120, 200)) for i in range(n)]
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn) -> float:
+    _sync()
     start = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - start
 
 
@@ -77,7 +85,7 @@ def summary(name: str, ours: list[float], floor: list[float]) -> None:
 
 def bench_training(model, processor, batch_size: int, repeats: int) -> None:
     samples = [processor.encode_conversation(c, im) for c, im in zip(conversations(batch_size), images(batch_size))]
-    batch = processor.collate(samples)
+    batch = processor.collate(samples).to(model.device)
     bare = model.language_model
     with torch.no_grad():
         embeds, _ = model.embed_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None)
@@ -106,7 +114,7 @@ def bench_training(model, processor, batch_size: int, repeats: int) -> None:
 
 def bench_inference(model, processor, repeats: int, new_tokens: int = 16) -> None:
     prompt = processor.generation_prompt("<image>\nDescribe the picture in detail.")
-    batch = processor([prompt], images(1))
+    batch = processor([prompt], images(1)).to(model.device)
     bare = model.language_model
     with torch.no_grad():
         embeds, _ = model.embed_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None)
@@ -147,7 +155,7 @@ def bench_batching(model, processor, repeats: int, batch_size: int = 8, new_toke
 
         def batched() -> None:
             nonlocal batched_ids
-            inputs = processor(prompts, pictures)
+            inputs = processor(prompts, pictures).to(model.device)
             batched_ids = model.generate(**inputs, **settings)[:, inputs["input_ids"].shape[1] :]
 
         single_ids = []
@@ -155,7 +163,7 @@ def bench_batching(model, processor, repeats: int, batch_size: int = 8, new_toke
         def one_by_one() -> None:
             single_ids.clear()
             for prompt, picture in zip(prompts, pictures):
-                inputs = processor([prompt], [picture])
+                inputs = processor([prompt], [picture]).to(model.device)
                 single_ids.append(model.generate(**inputs, **settings)[0, inputs["input_ids"].shape[1] :])
 
         batched_times, single_times = [], []
@@ -175,16 +183,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
+    parser.add_argument(
+        "--new-tokens", type=int, default=128, help="answer length for (c); 128 is the evaluation setting"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, processor = build()
-    print(f"preset: 576 image tokens, LLaMA 512x4, vocab {VOCAB}; threads {args.threads}; repeats {args.repeats}")
-    model.train()
-    for batch_size in args.batches:
-        bench_training(model, processor, batch_size, args.repeats)
+    model.to(args.device)
+    print(
+        f"preset: 576 image tokens, LLaMA 512x4, vocab {VOCAB}; device {args.device}; threads {args.threads}; "
+        f"repeats {args.repeats}"
+    )
+    if "a" in args.parts:
+        model.train()
+        for batch_size in args.batches:
+            bench_training(model, processor, batch_size, args.repeats)
     model.eval()
-    bench_inference(model, processor, args.repeats)
-    bench_batching(model, processor, args.repeats)
+    if "b" in args.parts:
+        bench_inference(model, processor, args.repeats)
+    if "c" in args.parts:
+        bench_batching(model, processor, args.repeats, new_tokens=args.new_tokens)
 
 
 if __name__ == "__main__":
