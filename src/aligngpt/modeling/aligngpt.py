@@ -150,19 +150,24 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
         image_mask, align_mask = self._special_masks(input_ids)
         safe_ids = input_ids.masked_fill(image_mask | align_mask, 0)
         text_embeds = self.get_input_embeddings()(safe_ids)
-        n_image_rows = int(image_mask.any(dim=1).sum())
-        n_align = int(align_mask.sum())
+        if pixel_values is None and vision_features is None:
+            # Decode steps (one new token) cannot hold markers; skip the host sync of the check there.
+            if input_ids.shape[1] > 1 and bool((image_mask | align_mask).any()):
+                raise ValueError(
+                    "input_ids contain image positions but neither pixel_values nor vision_features was given"
+                )
+            return text_embeds, None
+
+        image_rows, align_rows = image_mask.any(dim=1), align_mask.any(dim=1)
+        # One host sync for every count the checks need.
+        stats = torch.stack([image_rows.sum(), image_mask.sum(), align_mask.sum(), (image_rows != align_rows).sum()])
+        n_image_rows, n_positions, n_align, misplaced = stats.tolist()
         if n_image_rows == 0:
             if n_align:
                 raise ValueError(f"input_ids hold {n_align} alignment slots but no image positions")
             return text_embeds, None
-
-        if pixel_values is None and vision_features is None:
-            raise ValueError("input_ids contain image positions but neither pixel_values nor vision_features was given")
         features = self.get_image_features(pixel_values, vision_features)
-        n_features = features.shape[0] * features.shape[1]
-        n_positions = int(image_mask.sum())
-        if n_features != n_positions or features.shape[0] != n_image_rows:
+        if features.shape[0] * features.shape[1] != n_positions or features.shape[0] != n_image_rows:
             raise ValueError(
                 f"{features.shape[0]} images x {features.shape[1]} tokens do not fill {n_positions} image positions in "
                 f"{n_image_rows} rows (one image per sample, {self.config.num_image_tokens} positions each)"
@@ -170,23 +175,22 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
         embeds = text_embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(text_embeds.dtype))
         if self.alignment is None or n_align == 0:
             return embeds, None
-
-        image_rows = image_mask.any(dim=1)
-        if not torch.equal(align_mask.any(dim=1), image_rows) or n_align != n_image_rows:
+        if misplaced or n_align != n_image_rows:
             raise ValueError("every image row needs exactly one alignment slot, and text-only rows none")
+
+        rows = torch.nonzero_static(image_rows, size=n_image_rows).squeeze(1)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text_mask = self._gate_text_mask(input_ids, attention_mask, image_mask, align_mask)
         counts = text_mask.sum(dim=1, keepdim=True).to(text_embeds.dtype)
         text_sum = (text_embeds * text_mask.unsqueeze(-1).to(text_embeds.dtype)).sum(dim=1)
-        text_mean = (text_sum / (counts + 1e-8))[image_rows]
-        levels = alignment_levels[image_rows] if alignment_levels is not None else None
+        text_mean = (text_sum / (counts + 1e-8)).index_select(0, rows)
+        levels = alignment_levels.index_select(0, rows) if alignment_levels is not None else None
         align_embeds, alpha = self.alignment(features.to(text_embeds.dtype), text_mean, levels)
         embeds = embeds.masked_scatter(align_mask.unsqueeze(-1), align_embeds.to(embeds.dtype))
         weights = None
         if alpha is not None:
-            weights = alpha.new_zeros(input_ids.shape[0], alpha.shape[-1])
-            weights[image_rows] = alpha
+            weights = alpha.new_zeros(input_ids.shape[0], alpha.shape[-1]).index_copy(0, rows, alpha)
         return embeds, weights
 
     # --- forward -----------------------------------------------------------------------------------------------
