@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from aligngpt.config import IMAGE_ASPECT_RATIOS
+from aligngpt.data.images import to_rgb
 
 
 def mean_colour(image_mean: Sequence[float]) -> tuple[int, ...]:
@@ -24,20 +25,6 @@ def pad_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
     canvas = Image.new(image.mode, (side, side), fill)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; transparent pixels become white."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        scaled = image.point(lambda value: value * (255.0 / 65535.0)) if image.mode.startswith("I;16") else image
-        return scaled.convert("L").convert("RGB")
-    return image.convert("RGB")
 
 
 def preprocess_images(images: Sequence[Image.Image], image_processor, aspect_ratio: str = "pad") -> torch.Tensor:

@@ -19,23 +19,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from aligngpt.evaluation.normalize import ARTICLES
+from aligngpt.evaluation.normalize import NUMBER_WORDS as VQA_NUMBER_WORDS
 from aligngpt.toyworld.text import hallucinated_partners, parse_caption
 from aligngpt.toyworld.world import Scene, SceneObject
 
-NUMBER_WORDS = {
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-}
-ARTICLES = {"a", "an", "the"}
+# The VQA normaliser's tables; "none" is not a count word in the toy world.
+NUMBER_WORDS = {word: digit for word, digit in VQA_NUMBER_WORDS.items() if word != "none"}
 NEGATION_WORDS = {"no", "not"}
 _PUNCTUATION = re.compile(r"[^\w\s]")
 
