@@ -187,8 +187,10 @@ def run_demo(
         "zoo", {"size": preset.zoo_size, "seed": 0},
         lambda: build_zoo(zoo, seed=0, size=preset.zoo_size, threads=workers, progress=progress), echo,
     )  # fmt: skip
-    score_config = ScoreConfig(data=world / "pretrain.json", images=world / "images", clip=str(zoo / "clip"),
-                               out=scored, num_levels=NUM_LEVELS, batch_size=256, workers=1, progress=progress)  # fmt: skip
+    score_config = ScoreConfig(
+        data=world / "pretrain.json", images=world / "images", clip=str(zoo / "clip"), out=scored,
+        num_levels=NUM_LEVELS, batch_size=256, workers=1, progress=progress,
+    )  # fmt: skip
     log.run("score", {"data": dataset.settings(), "zoo": preset.zoo_size},
             lambda: str(score_dataset(score_config).out), echo)  # fmt: skip
     clip_quality = log.run("clip-quality", {"scored": str(scored), "data": dataset.settings()},
