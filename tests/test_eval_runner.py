@@ -53,6 +53,12 @@ def test_eval_generates_scores_and_resumes(model_dir, pope_root, tmp_path):
     assert [a["question_id"] for a in resumed] == list(range(1, 13))
     assert [a["text"] for a in resumed] == [a["text"] for a in answers]  # greedy, batch-independent
 
+    # Answers of another model are never resumed: they are set aside and regenerated.
+    run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=3)
+    assert (out / "pope" / "answers.stale.jsonl").is_file()
+    assert len(read_answered(path)) == 12
+    assert json.loads((out / "pope" / "answers.run.json").read_text())["max_new_tokens"] == 3
+
 
 def test_eval_cli_names_a_missing_image(model_dir, pope_root, tmp_path):
     images = [

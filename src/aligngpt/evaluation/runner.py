@@ -18,6 +18,8 @@ from aligngpt.evaluation.items import EvalItem, answer_record
 
 ANSWERS_FILE = "answers.jsonl"
 RESULTS_FILE = "results.json"
+RUN_FILE = "answers.run.json"  # which model and settings wrote answers.jsonl
+STALE_ANSWERS_FILE = "answers.stale.jsonl"
 _DATA_SUFFIXES = (".json", ".jsonl", ".tsv", ".csv", ".txt", ".xlsx")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
 
@@ -70,6 +72,17 @@ def _data_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.is_file() and p.suffix in _DATA_SUFFIXES]
 
 
+def _retire_stale_answers(answers_path: Path, identity: dict) -> None:
+    run_file = answers_path.with_name(RUN_FILE)
+    recorded = json.loads(run_file.read_text()) if run_file.is_file() else None
+    if answers_path.is_file() and recorded != identity:
+        stale = answers_path.with_name(STALE_ANSWERS_FILE)
+        os.replace(answers_path, stale)
+        tqdm.write(f"{answers_path} was written by another model or settings; moved to {stale}, starting over")
+    answers_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_file, identity)
+
+
 def _batches(items: Sequence[EvalItem], size: int) -> Iterable[Sequence[EvalItem]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -83,13 +96,17 @@ def generate_answers(
     model_id: str,
     batch_size: int = 1,
     max_new_tokens: int | None = None,
+    run_identity: dict | None = None,
 ) -> int:
     """Append answers for the items not yet in ``answers_path`` (flushed per batch); returns how many were new.
 
-    The file keeps the items' order, so a resumed run produces the same file as an uninterrupted one.
+    The file keeps the items' order, so a resumed run produces the same file as an uninterrupted one. Answers written
+    by another model or other settings (``run_identity``, recorded beside the file) are never resumed: they are moved
+    to ``answers.stale.jsonl`` and generation starts over.
     """
     from aligngpt.inference.pipeline import GenerationSettings
 
+    _retire_stale_answers(answers_path, run_identity or {})
     done = {_item_key(record["question_id"]) for record in read_answered(answers_path)}
     todo = [item for item in items if _item_key(item.question_id) not in done]
     settings = GenerationSettings(max_new_tokens=max_new_tokens or bench.max_new_tokens, temperature=0.0)
@@ -153,7 +170,14 @@ def run_evaluation(
             items = items[:limit]
         bench_out = out_dir / bench.name
         answers_path = bench_out / ANSWERS_FILE
-        new = generate_answers(pipeline, bench, items, answers_path, model_id, batch_size, max_new_tokens)
+        identity = {
+            "model": str(model),
+            "model_sha256": model_checksum,
+            "template": pipeline.template.name,
+            "max_new_tokens": max_new_tokens or bench.max_new_tokens,
+            "options": (benchmark_options or {}).get(name, {}),
+        }
+        new = generate_answers(pipeline, bench, items, answers_path, model_id, batch_size, max_new_tokens, identity)
         metrics = bench.score(folder, answers_path, bench_out, judge=judge)
         all_metrics[bench.name] = metrics
         results = {
