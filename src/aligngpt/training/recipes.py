@@ -11,6 +11,8 @@ A recipe is applied to a built model; it never changes which modules exist. Thre
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -48,7 +50,7 @@ class RecipeDefaults:
     model_max_length: int = 2048
 
 
-class Recipe:
+class Recipe(abc.ABC):
     """Base class: subclasses set ``name``, ``stage``, ``defaults`` and implement ``param_groups``."""
 
     name: str
@@ -60,8 +62,9 @@ class Recipe:
         """Whether every image sample must carry an alignment level (stage 1 with an alignment token)."""
         return self.stage == "pretrain" and model.config.uses_alignment_token
 
+    @abc.abstractmethod
     def param_groups(self, model: nn.Module, options: RecipeOptions) -> list[ParamGroup]:
-        raise NotImplementedError
+        """The parameters this recipe trains, in optimizer groups."""
 
     def apply(self, model: nn.Module, options: RecipeOptions) -> list[ParamGroup]:
         """Freeze everything, then enable exactly the recipe's parameters; returns the groups for the optimizer."""
@@ -158,14 +161,7 @@ class FinetuneLoraRecipe(FinetuneRecipe):
 
     name = "finetune-lora"
     uses_lora = True
-    defaults = RecipeDefaults(
-        learning_rate=2e-4,
-        global_batch_size=128,
-        per_device_train_batch_size=16,
-        template=None,
-        image_aspect_ratio="pad",
-        group_by_modality_length=True,
-    )
+    defaults = dataclasses.replace(FinetuneRecipe.defaults, learning_rate=2e-4)
 
     def param_groups(self, model, options):
         lora = tuple(
