@@ -76,3 +76,31 @@ def test_word_count_lengths_follow_the_spec(tmp_path):
     assert modality_lengths(RecordFile(path)) == [6, -2, -1]
     with pytest.raises(ValueError, match="length 0"):
         ModalityLengthGroupedSampler([3, 0, -2], 2)
+
+
+@pytest.mark.parametrize("group_steps", [4, 1000])
+def test_length_group_steps_gives_steps_of_similar_length(group_steps):
+    lengths = _lengths(640, 64, seed=3)
+    batch = 16
+    plain = ModalityLengthGroupedSampler(lengths, batch, seed=2)
+    grouped = ModalityLengthGroupedSampler(lengths, batch, seed=2, length_group_steps=group_steps)
+    order = list(grouped)
+    assert sorted(order) == list(range(len(lengths)))
+    assert list(grouped) == order  # deterministic
+
+    def padding(sampler):  # padded slots / real lengths over all micro-batches
+        batches = _micro_batches(sampler, batch)
+        return sum(max(abs(lengths[i]) for i in mb) * len(mb) for mb in batches) / sum(abs(x) for x in lengths)
+
+    assert padding(grouped) < 0.8 * padding(plain)
+    mixed = [mb for mb in _micro_batches(grouped, batch) if len({lengths[i] > 0 for i in mb}) > 1]
+    assert len(mixed) <= 1
+
+
+def test_length_group_steps_one_is_the_official_order():
+    lengths = _lengths(300, 50, seed=4)
+    assert list(ModalityLengthGroupedSampler(lengths, 8, world_size=2, seed=5, length_group_steps=1)) == list(
+        ModalityLengthGroupedSampler(lengths, 8, world_size=2, seed=5)
+    )
+    with pytest.raises(ValueError, match="length_group_steps"):
+        ModalityLengthGroupedSampler(lengths, 8, length_group_steps=0)

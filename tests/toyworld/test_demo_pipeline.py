@@ -24,13 +24,19 @@ def test_smoke_demo_produces_every_artefact_and_reuses_finished_steps(tmp_path):
         assert re.search(rf"^\| {level} \| \d\.\d{{3}} / \d\.\d{{3}} \|$", report, re.M), level
     for metric in ("caption F1", "caption CHAIR_i", "VQA position", "POPE adversarial accuracy", "POPE popular F1",
                    "POPE random yes-ratio"):  # fmt: skip
-        assert re.search(rf"^\| {metric} \| \d\.\d{{3}} \| \d\.\d{{3}} \|$", report, re.M), metric
+        assert re.search(rf"^\| {metric} \| \d\.\d{{3}} \| \d\.\d{{3}} \| \d\.\d{{3}} \|$", report, re.M), metric
+    for metric in ("caption F1", "VQA accuracy", "POPE accuracy \\(mean of splits\\)"):  # AlignGPT minus the others
+        assert re.search(rf"^\| {metric} \| -?\d\.\d{{3}} \(\d/1 > 0\) \| -?\d\.\d{{3}} \(\d/1 > 0\) \|$", report, re.M)
+    assert re.search(r"^\| prefix control \(token without levels\) \| \d\.\d{3} / \d\.\d{3} \|$", report, re.M)
+    assert "Runs whose mean POPE accuracy stayed within" in report
     assert re.search(r"^\| pope \| \d+ \| (0\.\d\d ){6}0\.\d\d \|", report, re.M)
     assert (out / "levels.png").stat().st_size > 0 and (out / "gate.png").stat().st_size > 0
 
     aligngpt = AlignGPTForConditionalGeneration.from_pretrained(out / "runs" / "seed0" / "aligngpt")
     baseline = AlignGPTForConditionalGeneration.from_pretrained(out / "runs" / "seed0" / "baseline")
     assert aligngpt.config.alignment_mode == "adaptive" and baseline.config.alignment_mode == "none"
+    prefix = AlignGPTForConditionalGeneration.from_pretrained(out / "runs" / "seed0" / "prefix")
+    assert prefix.config.alignment_mode == "fixed:7"
     assert aligngpt.config.num_image_tokens == 9  # 6x6 patches pooled by 2
     steps = json.loads((out / "steps.json").read_text())
     assert {

@@ -137,3 +137,33 @@ def test_cached_vision_features_give_the_same_run(world, stage1, tmp_path):
     )  # fmt: skip
     assert (tmp_path / "vision_features.safetensors").is_file()
     assert result.losses == pytest.approx(stage1.losses, abs=1e-5)
+
+
+def test_fixed_mode_pretrain_learns_one_prefix_token_without_levels(world, tmp_path):
+    from tests.training.toydata import pretrain_records, write_json
+
+    records = [{k: v for k, v in record.items() if k != "similarity"} for record in pretrain_records()]
+    data = write_json(tmp_path / "no_levels.json", records)
+    result = run(
+        "pretrain", world, tmp_path / "out", data=str(data), model=str(world["model"]), alignment_mode="fixed:5",
+        learning_rate=1e-2, max_steps=3,
+    )  # fmt: skip
+    assert result.losses[-1] < result.losses[0]
+    before = _weights(world["model"])["alignment.level_embeddings"]
+    after = _weights(tmp_path / "out")["alignment.level_embeddings"]
+    changed = [row for row in range(before.shape[0]) if not torch.equal(before[row], after[row])]
+    assert changed == [5]  # only the fixed row is the learned prefix token
+
+
+def test_length_grouped_steps_train_and_need_modality_grouping(world, tmp_path):
+    result = run(
+        "finetune", world, tmp_path, model=str(world["model"]), group_by_modality_length=True,
+        length_group_steps=2, max_steps=2,
+    )  # fmt: skip
+    assert result.global_step == 2
+    with pytest.raises(ValueError, match="length_group_steps > 1 needs group_by_modality_length"):
+        resolve_config(
+            "finetune",
+            overrides=dict(data="x.json", output_dir=str(tmp_path), model=str(world["model"]),
+                           group_by_modality_length=False, length_group_steps=4),
+        )  # fmt: skip

@@ -7,7 +7,9 @@ of ``per_device_batch`` indices are the micro-batches that the (sharded) batch s
 Order for one epoch (all randomness from ``numpy.random.default_rng([seed, epoch])``):
 
 1. Image and text indices are each permuted and cut into mega-batches of ``per_device_batch × world_size ×
-   grad_accum`` (one optimizer step over all devices).
+   grad_accum`` (one optimizer step over all devices). With ``length_group_steps = K > 1`` every run of ``K``
+   mega-batches of the permutation is first sorted by length (descending), so the samples of one step have
+   similar lengths and batches carry little padding (an option of ours; ``K = 1`` is the official order).
 2. Inside a full mega-batch, indices are sorted by length (descending, stable) and dealt greedily into
    ``world_size × grad_accum`` micro-batches of exactly ``per_device_batch`` items, each next index going to
    the micro-batch with the smallest total length so far.
@@ -73,9 +75,10 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         world_size: int = 1,
         grad_accum: int = 1,
         seed: int = 0,
+        length_group_steps: int = 1,
     ):
-        if per_device_batch < 1 or world_size < 1 or grad_accum < 1:
-            raise ValueError("per_device_batch, world_size and grad_accum must all be >= 1")
+        if per_device_batch < 1 or world_size < 1 or grad_accum < 1 or length_group_steps < 1:
+            raise ValueError("per_device_batch, world_size, grad_accum and length_group_steps must all be >= 1")
         self.lengths = np.asarray(lengths, dtype=np.int64)
         if self.lengths.ndim != 1:
             raise ValueError("lengths must be a flat sequence of ints")
@@ -84,6 +87,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
             raise ValueError(f"length 0 at index {int(zero[0])}: lengths must be > 0 (image) or < 0 (text-only)")
         self.per_device_batch = per_device_batch
         self.groups_per_step = world_size * grad_accum
+        self.length_group_steps = length_group_steps
         self.seed = seed
         self.epoch = 0
 
@@ -104,7 +108,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         megabatches: list[np.ndarray] = []
         tails: list[tuple[list[np.ndarray], np.ndarray]] = []
         for indices in (np.flatnonzero(self.lengths > 0), np.flatnonzero(self.lengths < 0)):
-            perm = rng.permutation(indices)
+            perm = self._group_by_length(rng.permutation(indices), mega * self.length_group_steps)
             n_full = perm.size // mega
             megabatches += [self._balance(perm[k * mega : (k + 1) * mega]) for k in range(n_full)]
             tails.append(self._split_leftover(perm[n_full * mega :]))
@@ -112,6 +116,12 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         pieces += [mb for full, _ in tails for mb in full]
         pieces += [rest for _, rest in tails]
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+    def _group_by_length(self, perm: np.ndarray, span: int) -> np.ndarray:
+        """Sort every run of ``span`` indices of ``perm`` by length (a no-op for one-step runs)."""
+        if self.length_group_steps == 1:
+            return perm
+        return np.concatenate([self._by_length_desc(perm[k : k + span]) for k in range(0, perm.size, span)] or [perm])
 
     def _by_length_desc(self, indices: np.ndarray) -> np.ndarray:
         return indices[np.argsort(-np.abs(self.lengths[indices]), kind="stable")]

@@ -17,10 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from aligngpt.toyworld._io import atomic_write_json
-from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, VARIANT_MODES, DemoPreset, get_preset
+from aligngpt.toyworld.presets import ALIGNGPT, NUM_LEVELS, STAGE1_SOURCE, VARIANT_MODES, DemoPreset, get_preset
 
 STEPS_FILE = "steps.json"
-NUM_LEVELS = 8
 # The zoo LLaMA learned Vicuna-v1 turns without the system prompt; it also keeps the sequences short.
 CHAT_TEMPLATE = "vicuna_v1_nosys"
 
@@ -116,6 +115,8 @@ def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress:
         "logging_steps": 25,
         "torch_threads": 1,
         "dataloader_num_workers": 0,
+        "group_by_modality_length": True,
+        "length_group_steps": preset.length_group_steps,
         "progress": progress,
         "use_cpu": True,
     }
@@ -141,7 +142,7 @@ def stage1_settings(preset: DemoPreset, out: Path, world: Path, zoo: Path, score
 
 
 def stage2_settings(preset: DemoPreset, out: Path, world: Path, variant: str, seed: int, progress: bool) -> dict:
-    start = BASELINE if variant == BASELINE else ALIGNGPT
+    start = STAGE1_SOURCE[variant]
     return {
         **_common_train_settings(preset, world, seed, progress),
         "recipe": "finetune",
@@ -220,17 +221,19 @@ def run_demo(
             echo(f"[demo] {name}: done in {seconds * len(todo):.0f} s")
         return results
 
+    stage1_variants = sorted({STAGE1_SOURCE[variant] for variant in preset.variants}, key=list(VARIANT_MODES).index)
     stage1 = {}
     for seed in seed_list:
         jobs = []
-        for variant in (ALIGNGPT, BASELINE):
+        for variant in stage1_variants:
             settings = stage1_settings(preset, out, world, zoo, scored, variant, seed, progress)
             jobs.append((f"pretrain/seed{seed}/{variant}", settings, train_job, (settings, 1)))
         stage1.update(stage("stage 1 (pretrain)", jobs))
 
     sweep_jobs = []
     for seed in seed_list:
-        for variant, levels in ((ALIGNGPT, NUM_LEVELS), (BASELINE, None)):
+        for variant in stage1_variants:
+            levels = NUM_LEVELS if variant == ALIGNGPT else None
             model_dir = str(out / "runs" / f"seed{seed}" / f"{variant}-stage1")
             args = (model_dir, str(world), levels, preset.eval_batch_size, preset.caption_tokens, 1)
             sweep_jobs.append(

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from aligngpt.data.constants import DEFAULT_NUM_LEVELS as NUM_LEVELS
+
 BASELINE = "baseline"
 ALIGNGPT = "aligngpt"
+PREFIX = "prefix"
 ABLATIONS = ("global", "local", "uniform")
-# alignment_mode of each stage-2 variant; the ablations start from AlignGPT's stage 1.
-VARIANT_MODES = {ALIGNGPT: "adaptive", BASELINE: "none", "global": "global", "local": "local", "uniform": "uniform"}
+# alignment_mode of each variant. ``prefix`` is a control: the baseline plus one learned token after BOS that carries
+# no level (``fixed:<N-1>`` in both stages), to tell an effect of the levels from one of an extra token.
+VARIANT_MODES = {
+    ALIGNGPT: "adaptive", BASELINE: "none", PREFIX: f"fixed:{NUM_LEVELS - 1}",
+    "global": "global", "local": "local", "uniform": "uniform",
+}  # fmt: skip
+# The stage-1 model each variant's stage 2 starts from: the ablations reuse AlignGPT's level-conditioned stage 1.
+STAGE1_SOURCE = {ALIGNGPT: ALIGNGPT, BASELINE: BASELINE, PREFIX: PREFIX, **{a: ALIGNGPT for a in ABLATIONS}}
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class DemoPreset:
     finetune_lr: float = 1e-3
     llm_lr_scale: float = 0.5  # stage 1 also trains the LLM at half the LR (toy recipe, see docs/toyworld.md)
     image_pool_stride: int = 2  # 6x6 patches -> 9 image tokens
+    length_group_steps: int = 16  # sort the samples of every 16 steps by length: ~1.6x less padding on this data
     eval_batch_size: int = 64
     caption_tokens: int = 40
     noisy_tasks: tuple[str, ...] = ()
@@ -38,7 +48,7 @@ class DemoPreset:
 PRESETS: dict[str, DemoPreset] = {
     "smoke": DemoPreset(
         n_pretrain=96, n_finetune=96, n_eval=6, zoo_size="smoke", pretrain_steps=3, finetune_steps=3, batch_size=8,
-        eval_batch_size=16, caption_tokens=12,
+        eval_batch_size=16, caption_tokens=12, variants=(ALIGNGPT, BASELINE, PREFIX), length_group_steps=2,
     ),
     "default": DemoPreset(
         n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=200, finetune_steps=400,

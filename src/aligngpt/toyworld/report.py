@@ -6,10 +6,25 @@ import statistics
 from pathlib import Path
 
 from aligngpt.toyworld._io import atomic_write_text
-from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, DemoPreset
+from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, PREFIX, STAGE1_SOURCE, VARIANT_MODES, DemoPreset
 
 POPE_SPLITS = ("random", "popular", "adversarial")
 VQA_TYPES = ("count_all", "count_shape", "colour", "shape", "position")
+POPE_CHANCE_MARGIN = 0.1  # a run whose mean POPE accuracy is below 0.5 + this has not learned POPE
+VARIANT_TEXT = {
+    ALIGNGPT: "the paper: gate-weighted alignment token (`adaptive`)",
+    BASELINE: "LLaVA-1.5: no alignment token (`none`)",
+    PREFIX: "control: the baseline plus one learned token after BOS that ignores the levels in both stages",
+    "global": "ablation: always the highest level E[N-1] (AlignGPT's stage 1, no gate)",
+    "local": "ablation: gate-weighted levels without E[N-1]",
+    "uniform": "ablation: uniform weights instead of the gate",
+}
+KEY_METRICS = {
+    "caption F1": lambda s: s["caption"]["f1"],
+    "caption CHAIR_i (lower is better)": lambda s: s["caption"]["chair_i"],
+    "VQA accuracy": lambda s: s["vqa"]["accuracy"],
+    "POPE accuracy (mean of splits)": lambda s: statistics.mean(s["pope"][p]["accuracy"] for p in POPE_SPLITS),
+}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -41,6 +56,24 @@ def _final_rows(evaluations: dict, seeds: list[int], variants: tuple[str, ...]) 
         cells = [_mean_std([get(_sets(evaluations, seed, v)) for seed in seeds]) for v in variants]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _paired_rows(evaluations: dict, seeds: list[int], variants: tuple[str, ...]) -> list[str]:
+    """AlignGPT minus every other variant, paired by seed: mean ± std of the per-seed differences."""
+    others = [v for v in variants if v != ALIGNGPT]
+    lines = ["| metric | " + " | ".join(f"AlignGPT − {v}" for v in others) + " |", "|---|" + "---|" * len(others)]
+    for name, get in KEY_METRICS.items():
+        cells = []
+        for other in others:
+            diffs = [get(_sets(evaluations, s, ALIGNGPT)) - get(_sets(evaluations, s, other)) for s in seeds]
+            cells.append(_mean_std(diffs) + f" ({sum(d > 0 for d in diffs)}/{len(diffs)} > 0)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _chance_runs(evaluations: dict, seeds: list[int], variants: tuple[str, ...]) -> list[str]:
+    get = KEY_METRICS["POPE accuracy (mean of splits)"]
+    return [f"{v}/seed{s}" for v in variants for s in seeds if get(_sets(evaluations, s, v)) < 0.5 + POPE_CHANCE_MARGIN]
 
 
 def _plot_levels(path: Path, sweeps: dict, seeds: list[int]) -> None:
@@ -153,20 +186,36 @@ def write_report(
             row = sweeps[f"level-sweep/seed{seed}/{ALIGNGPT}"][level]
             cells.append(f"{row['f1']:.3f} / {row['chair_i']:.3f}")
         lines.append(f"| {level} | " + " | ".join(cells) + " |")
-    base_cells = []
-    for seed in seeds:
-        row = sweeps[f"level-sweep/seed{seed}/{BASELINE}"]["none"]
-        base_cells.append(f"{row['f1']:.3f} / {row['chair_i']:.3f}")
-    lines += ["| baseline (no token) | " + " | ".join(base_cells) + " |", ""]
+    for variant, label in ((BASELINE, "baseline (no token)"), (PREFIX, "prefix control (token without levels)")):
+        if f"level-sweep/seed{seeds[0]}/{variant}" not in sweeps:
+            continue
+        cells = []
+        for seed in seeds:
+            row = sweeps[f"level-sweep/seed{seed}/{variant}"]["none"]
+            cells.append(f"{row['f1']:.3f} / {row['chair_i']:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
     lines += [
         f"Example captions (seed {seeds[0]}): level 0 «{first['0']['example']}», "
         f"level {max(first, key=int)} «{first[max(first, key=int)]['example']}».",
         "",
         "## Stage 2: AlignGPT vs the LLaVA-1.5 baseline",
         "",
+        "Variants (stage 2 starts from the stage-1 model named in brackets):",
+        "",
+        *[f"- `{v}` [{STAGE1_SOURCE[v]}]: {VARIANT_TEXT.get(v, VARIANT_MODES[v])}" for v in preset.variants],
+        "",
         "Mean ± std over seeds (a single value for one seed). POPE at 0.5 accuracy is chance.",
         "",
         *_final_rows(evaluations, seeds, preset.variants),
+        "",
+        "AlignGPT minus each other variant, paired by seed (mean ± std of the differences; how many seeds favour "
+        "AlignGPT):",
+        "",
+        *_paired_rows(evaluations, seeds, preset.variants),
+        "",
+        "Runs whose mean POPE accuracy stayed within "
+        f"{POPE_CHANCE_MARGIN} of chance: {', '.join(_chance_runs(evaluations, seeds, preset.variants)) or 'none'}.",
         "",
         "Training losses (first → last logged): "
         + "; ".join(

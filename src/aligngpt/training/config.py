@@ -63,6 +63,12 @@ class TrainConfig:
     bad_record_report: str | None = _opt("JSONL report of skipped records (default output_dir/...).", None, "data")
     model_max_length: int | None = _opt("Longest training sequence after image expansion.", None, "data")
     group_by_modality_length: bool | None = _opt("Single-modality micro-batches (SPEC §2.3).", None, "data")
+    length_group_steps: int = _opt(
+        "With modality grouping: sort the samples of every N optimizer steps by length first, so each step holds "
+        "samples of similar length (less padding; 1 = the official order).",
+        1,
+        "data",
+    )
     cache_vision_features: bool = _opt(
         "Run the frozen vision tower once per image and reuse its outputs (small data sets).", False, "data"
     )
@@ -174,6 +180,10 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"on_bad_record must be error or skip, got {config.on_bad_record!r}")
     if config.image_aspect_ratio not in ("pad", "square"):
         raise ValueError(f"image_aspect_ratio must be pad or square, got {config.image_aspect_ratio!r}")
+    if config.length_group_steps < 1:
+        raise ValueError(f"length_group_steps must be >= 1, got {config.length_group_steps}")
+    if config.length_group_steps > 1 and not config.group_by_modality_length:
+        raise ValueError("length_group_steps > 1 needs group_by_modality_length (it is an option of that sampler)")
     if config.train_llm_lr_scale is not None and config.recipe != "pretrain":
         raise ValueError("train_llm_lr_scale is a pretrain option (stage 2 trains the LLM anyway)")
     if config.deepspeed and config.fsdp_config:

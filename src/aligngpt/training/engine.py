@@ -204,6 +204,7 @@ def train(config: TrainConfig) -> TrainResult:
         processing_class=processor,
         param_groups=groups,
         modality_lengths=dataset.lengths if config.group_by_modality_length else None,
+        length_group_steps=config.length_group_steps,
     )
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 

@@ -57,15 +57,22 @@ class AlignGPTTrainer(Trainer):
     Args:
         param_groups: trainable parameters and LR multipliers from :meth:`Recipe.apply`.
         modality_lengths: signed lengths per sample for the modality-grouped sampler (``None``: plain shuffling).
+        length_group_steps: the sampler's ``length_group_steps`` (sort runs of that many steps by length).
         Everything else goes to ``transformers.Trainer``.
     """
 
     def __init__(
-        self, *args, param_groups: Sequence[ParamGroup], modality_lengths: Sequence[int] | None = None, **kwargs
+        self,
+        *args,
+        param_groups: Sequence[ParamGroup],
+        modality_lengths: Sequence[int] | None = None,
+        length_group_steps: int = 1,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.param_groups_spec = list(param_groups)
         self.modality_lengths = modality_lengths
+        self.length_group_steps = length_group_steps
         self._tokens_at_last_log: int | None = None
         self._time_at_last_log: float | None = None
         self.add_callback(_ThroughputClock(self))
@@ -140,6 +147,7 @@ class AlignGPTTrainer(Trainer):
                 world_size=self.args.world_size,
                 grad_accum=self.args.gradient_accumulation_steps,
                 seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+                length_group_steps=self.length_group_steps,
             )
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return SeededRandomSampler(len(dataset), seed)
