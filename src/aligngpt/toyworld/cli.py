@@ -13,11 +13,18 @@ def demo(
     full: bool = typer.Option(False, "--full", help="3 seeds, longer stage 2 and the global/local/uniform ablations."),
     size: str = typer.Option("default", "--size", help="default, or smoke (tiny sizes, a few steps: a quick check)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Trainings run in parallel, one torch thread each."),
+    variants: str = typer.Option(
+        None,
+        "--variants",
+        help="Comma-separated subset of aligngpt, baseline, prefix, global, local, uniform (default: the size's; "
+        "aligngpt is always included).",
+    ),
 ) -> None:
     """World -> zoo -> CLIP levels -> stage 1 -> stage 2 -> eval, for AlignGPT and LLaVA-1.5; writes report.md."""
     from aligngpt.toyworld.pipeline import run_demo
 
-    report = run_demo(out, size=size, seeds=seeds, full=full, workers=workers)
+    chosen = tuple(name.strip() for name in variants.split(",") if name.strip()) if variants else None
+    report = run_demo(out, size=size, seeds=seeds, full=full, workers=workers, variants=chosen)
     typer.echo(f"report written to {report}")
 
 

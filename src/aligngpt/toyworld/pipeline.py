@@ -11,9 +11,9 @@ import hashlib
 import json
 import multiprocessing
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from aligngpt.toyworld._io import atomic_write_json
@@ -92,19 +92,23 @@ def level_sweep_job(
     return caption_level_sweep(Path(model_dir), Path(world_dir), levels, batch_size, tokens)
 
 
-def _parallel(jobs: list[tuple[Callable, tuple]], workers: int) -> list:
-    """Run jobs in spawned worker processes, ``workers`` at a time; results in job order."""
+def _parallel(jobs: list[tuple[Callable, tuple]], workers: int) -> Iterator[tuple[int, object]]:
+    """Run jobs in spawned worker processes, ``workers`` at a time; yields ``(job index, result)`` as each ends."""
     if workers <= 1 or len(jobs) <= 1:
-        return [fn(*args) for fn, args in jobs]
+        for index, (fn, args) in enumerate(jobs):
+            yield index, fn(*args)
+        return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(fn, *args) for fn, args in jobs]
-        return [future.result() for future in futures]
+        futures = {pool.submit(fn, *args): index for index, (fn, args) in enumerate(jobs)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
 
 def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress: bool) -> dict:
     return {
         "image_root": str(world / "images"),
+        # one cache per data file, shared by every run (the file's fingerprint covers the frozen tower and pooling)
         "seed": seed,
         "global_batch_size": preset.batch_size,
         "per_device_train_batch_size": preset.batch_size,
@@ -129,6 +133,7 @@ def stage1_settings(preset: DemoPreset, out: Path, world: Path, zoo: Path, score
         "recipe": "pretrain",
         "data": str(scored),
         "output_dir": str(out / "runs" / f"seed{seed}" / f"{variant}-stage1"),
+        "vision_feature_cache": str(out / "features" / "pretrain.safetensors"),
         "vision_tower": str(zoo / "clip"),
         "llm": str(zoo / "llama"),
         "alignment_mode": VARIANT_MODES[variant],
@@ -148,6 +153,7 @@ def stage2_settings(preset: DemoPreset, out: Path, world: Path, variant: str, se
         "recipe": "finetune",
         "data": str(world / "finetune.json"),
         "output_dir": str(out / "runs" / f"seed{seed}" / variant),
+        "vision_feature_cache": str(out / "features" / "finetune.safetensors"),
         "model": str(out / "runs" / f"seed{seed}" / f"{start}-stage1"),
         "alignment_mode": VARIANT_MODES[variant],
         "learning_rate": preset.finetune_lr,
@@ -163,8 +169,12 @@ def run_demo(
     workers: int = 2,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    variants: tuple[str, ...] | None = None,
 ) -> Path:
-    """Run the whole toy-world study under ``out`` and return the path of ``report.md``."""
+    """Run the whole toy-world study under ``out`` and return the path of ``report.md``.
+
+    ``variants`` overrides the size's list (AlignGPT is always run: the ablations and the report start from it).
+    """
     from aligngpt.scoring.run import ScoreConfig, score_dataset
     from aligngpt.toyworld.analysis import clip_score_quality
     from aligngpt.toyworld.dataset import DatasetConfig, write_dataset
@@ -173,6 +183,11 @@ def run_demo(
     from aligngpt.toyworld.zoo.build import build_zoo
 
     preset = get_preset("full" if full else size)
+    if variants is not None:
+        unknown = sorted(set(variants) - set(VARIANT_MODES))
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANT_MODES)}")
+        preset = replace(preset, variants=(ALIGNGPT, *[v for v in dict.fromkeys(variants) if v != ALIGNGPT]))
     seed_list = list(range(seeds or preset.seeds))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +217,7 @@ def run_demo(
         results = {}
         todo = []
         for job_name, settings, fn, args in jobs:
-            digest_settings = {"settings": settings, "preset": asdict(preset)}
+            digest_settings = {"settings": settings, "preset": _job_preset(preset)}
             previous = log.steps.get(job_name)
             if previous and previous["digest"] == _digest(digest_settings):
                 echo(f"[demo] {job_name}: reused")
@@ -211,24 +226,27 @@ def run_demo(
                 todo.append((job_name, digest_settings, fn, args))
         if todo:
             echo(f"[demo] {name}: {', '.join(j[0] for j in todo)} ({min(workers, len(todo))} at a time)")
-            start = time.perf_counter()
-            outputs = _parallel([(fn, args) for _, _, fn, args in todo], workers)
-            seconds = (time.perf_counter() - start) / len(todo)
-            for (job_name, digest_settings, _, _), result in zip(todo, outputs):
-                log.steps[job_name] = {"digest": _digest(digest_settings), "seconds": seconds, "result": result}
+            start = last = time.perf_counter()
+            for index, result in _parallel([(fn, args) for _, _, fn, args in todo], workers):
+                # Each finished job is recorded at once (an interrupted stage keeps it); its "seconds" is the wall
+                # time since the previous job ended, so a stage's seconds add up to its wall time.
+                job_name, digest_settings = todo[index][:2]
+                now = time.perf_counter()
+                log.steps[job_name] = {"digest": _digest(digest_settings), "seconds": now - last, "result": result}
+                last = now
                 results[job_name] = result
-            atomic_write_json(log.path, log.steps)
-            echo(f"[demo] {name}: done in {seconds * len(todo):.0f} s")
+                atomic_write_json(log.path, log.steps)
+                echo(f"[demo] {job_name}: done")
+            echo(f"[demo] {name}: done in {time.perf_counter() - start:.0f} s")
         return results
 
     stage1_variants = sorted({STAGE1_SOURCE[variant] for variant in preset.variants}, key=list(VARIANT_MODES).index)
-    stage1 = {}
+    jobs = []  # every seed's jobs in one pool, so no worker waits for a seed's last job
     for seed in seed_list:
-        jobs = []
         for variant in stage1_variants:
             settings = stage1_settings(preset, out, world, zoo, scored, variant, seed, progress)
             jobs.append((f"pretrain/seed{seed}/{variant}", settings, train_job, (settings, 1)))
-        stage1.update(stage("stage 1 (pretrain)", jobs))
+    stage1 = stage("stage 1 (pretrain)", jobs)
 
     sweep_jobs = []
     for seed in seed_list:
@@ -241,13 +259,12 @@ def run_demo(
             )
     sweeps = stage("stage-1 caption sweep over forced levels", sweep_jobs)
 
-    finals = {}
+    jobs = []
     for seed in seed_list:
-        jobs = []
         for variant in preset.variants:
             settings = stage2_settings(preset, out, world, variant, seed, progress)
             jobs.append((f"finetune/seed{seed}/{variant}", settings, train_job, (settings, 1)))
-        finals.update(stage("stage 2 (finetune)", jobs))
+    finals = stage("stage 2 (finetune)", jobs)
 
     eval_jobs = []
     for seed in seed_list:
@@ -266,6 +283,11 @@ def run_demo(
     echo(f"[demo] chat with the result: aligngpt chat --model {out / 'runs' / 'seed0' / ALIGNGPT} "
          f"--image {world / 'images' / 'eval' / '000000.png'}")  # fmt: skip
     return report
+
+
+def _job_preset(preset: DemoPreset) -> dict:
+    """The preset fields a job's result depends on: not which seeds or other variants run beside it."""
+    return {key: value for key, value in asdict(preset).items() if key not in ("seeds", "variants")}
 
 
 def _digest(settings: dict) -> str:

@@ -55,8 +55,8 @@ PRESETS: dict[str, DemoPreset] = {
         batch_size=32,
     ),
     "full": DemoPreset(
-        n_pretrain=20000, n_finetune=20000, n_eval=300, zoo_size="default", pretrain_steps=400, finetune_steps=1500,
-        batch_size=64, seeds=3, variants=(ALIGNGPT, BASELINE, *ABLATIONS),
+        n_pretrain=20000, n_finetune=20000, n_eval=300, zoo_size="default", pretrain_steps=400, finetune_steps=600,
+        batch_size=64, seeds=3, variants=(ALIGNGPT, BASELINE, PREFIX, *ABLATIONS),
     ),
 }  # fmt: skip
 
