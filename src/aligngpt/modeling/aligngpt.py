@@ -172,7 +172,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
                 f"{features.shape[0]} images x {features.shape[1]} tokens do not fill {n_positions} image positions in "
                 f"{n_image_rows} rows (one image per sample, {self.config.num_image_tokens} positions each)"
             )
-        embeds = text_embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(text_embeds.dtype))
+        embeds = _scatter_rows(text_embeds, image_mask, n_positions, features)
         if self.alignment is None or n_align == 0:
             return embeds, None
         if misplaced or n_align != n_image_rows:
@@ -187,7 +187,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
         text_mean = (text_sum / (counts + 1e-8)).index_select(0, rows)
         levels = alignment_levels.index_select(0, rows) if alignment_levels is not None else None
         align_embeds, alpha = self.alignment(features.to(text_embeds.dtype), text_mean, levels)
-        embeds = embeds.masked_scatter(align_mask.unsqueeze(-1), align_embeds.to(embeds.dtype))
+        embeds = _scatter_rows(embeds, align_mask, n_align, align_embeds)
         weights = None
         if alpha is not None:
             weights = alpha.new_zeros(input_ids.shape[0], alpha.shape[-1]).index_copy(0, rows, alpha)
@@ -268,6 +268,22 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
             attentions=outputs.attentions,
             alignment_weights=alignment_weights,
         )
+
+
+def _scatter_rows(embeds: torch.Tensor, mask: torch.Tensor, count: int, values: torch.Tensor) -> torch.Tensor:
+    """``embeds`` with its ``count`` masked positions replaced by ``values`` in row-major order.
+
+    Args:
+        embeds: ``[B, L, d]``. mask: ``[B, L]`` bool with exactly ``count`` True entries (counted by the caller).
+        values: ``[..., d]`` holding ``count`` vectors.
+
+    Unlike ``masked_scatter``, neither this nor its backward (an ``index_select``) waits for the device to count the
+    mask: the size is given.
+    """
+    batch, length, width = embeds.shape
+    positions = torch.nonzero_static(mask.reshape(-1), size=count).squeeze(1)
+    flat = embeds.reshape(batch * length, width).index_copy(0, positions, values.reshape(count, width).to(embeds.dtype))
+    return flat.view(batch, length, width)
 
 
 def _mean_cross_entropy(
