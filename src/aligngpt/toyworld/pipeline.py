@@ -119,8 +119,11 @@ def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress:
         "logging_steps": 25,
         "torch_threads": 1,
         "dataloader_num_workers": 0,
-        "group_by_modality_length": True,
-        "length_group_steps": preset.length_group_steps,
+        **(
+            {"group_by_modality_length": True, "length_group_steps": preset.length_group_steps}
+            if preset.length_group_steps > 1
+            else {}
+        ),
         "progress": progress,
         "use_cpu": True,
     }
