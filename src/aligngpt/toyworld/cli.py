@@ -10,7 +10,12 @@ import typer
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (reruns reuse finished steps)."),
     seeds: int = typer.Option(None, "--seeds", min=1, help="Seeds per variant (default: 1, or 3 with --full)."),
-    full: bool = typer.Option(False, "--full", help="3 seeds, longer stage 2 and the global/local/uniform ablations."),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="3 seeds, longer stages (the setting where stage 2 converges), the prefix control and the "
+        "global/local/uniform ablations; hours on 2 cores (docs/toyworld.md).",
+    ),
     size: str = typer.Option("default", "--size", help="default, or smoke (tiny sizes, a few steps: a quick check)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Trainings run in parallel, one torch thread each."),
     variants: str = typer.Option(
