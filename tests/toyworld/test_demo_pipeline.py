@@ -52,3 +52,12 @@ def test_smoke_demo_produces_every_artefact_and_reuses_finished_steps(tmp_path):
     assert again.exit_code == 0, again.output
     assert "..." not in again.output  # nothing re-ran
     assert again.output.count("reused") >= len(steps)
+
+
+def test_unknown_variant_is_refused_before_any_work(tmp_path):
+    result = CliRunner().invoke(
+        app, ["demo", "--size", "smoke", "--out", str(tmp_path / "d"), "--variants", "prefix,bogus"]
+    )
+    assert result.exit_code != 0
+    assert "unknown variants ['bogus']" in str(result.exception)
+    assert not (tmp_path / "d" / "steps.json").exists()
