@@ -209,8 +209,8 @@ def write_report(
         "",
         *_final_rows(evaluations, seeds, preset.variants),
         "",
-        "AlignGPT minus each other variant, paired by seed (mean ± std of the differences; how many seeds favour "
-        "AlignGPT):",
+        "AlignGPT minus each other variant, paired by seed (mean ± std of the differences; in brackets, how many "
+        "seeds give a positive difference — good for AlignGPT except on CHAIR_i):",
         "",
         *_paired_rows(evaluations, seeds, preset.variants),
         "",
