@@ -108,7 +108,6 @@ def _parallel(jobs: list[tuple[Callable, tuple]], workers: int) -> Iterator[tupl
 def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress: bool) -> dict:
     return {
         "image_root": str(world / "images"),
-        # one cache per data file, shared by every run (the file's fingerprint covers the frozen tower and pooling)
         "seed": seed,
         "global_batch_size": preset.batch_size,
         "per_device_train_batch_size": preset.batch_size,
@@ -136,6 +135,7 @@ def stage1_settings(preset: DemoPreset, out: Path, world: Path, zoo: Path, score
         "recipe": "pretrain",
         "data": str(scored),
         "output_dir": str(out / "runs" / f"seed{seed}" / f"{variant}-stage1"),
+        # one feature cache per data file, shared by every run (its fingerprint covers the tower and pooling)
         "vision_feature_cache": str(out / "features" / "pretrain.safetensors"),
         "vision_tower": str(zoo / "clip"),
         "llm": str(zoo / "llama"),

@@ -42,10 +42,10 @@ def _sets(evaluations: dict, seed: int, variant: str) -> dict:
 
 def _final_rows(evaluations: dict, seeds: list[int], variants: tuple[str, ...]) -> list[str]:
     rows = {
-        "caption F1": lambda s: s["caption"]["f1"],
-        "caption CHAIR_i": lambda s: s["caption"]["chair_i"],
+        "caption F1": KEY_METRICS["caption F1"],
+        "caption CHAIR_i": KEY_METRICS["caption CHAIR_i (lower is better)"],
         "caption partner-hallucination rate": lambda s: s["caption"]["partner_rate"],
-        "VQA accuracy": lambda s: s["vqa"]["accuracy"],
+        "VQA accuracy": KEY_METRICS["VQA accuracy"],
         **{f"VQA {t}": (lambda s, t=t: s["vqa"]["by_category"].get(t)) for t in VQA_TYPES},
         **{f"POPE {p} accuracy": (lambda s, p=p: s["pope"][p]["accuracy"]) for p in POPE_SPLITS},
         **{f"POPE {p} F1": (lambda s, p=p: s["pope"][p]["f1"]) for p in POPE_SPLITS},
