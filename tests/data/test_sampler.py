@@ -48,15 +48,32 @@ def test_order_is_deterministic_by_seed_and_epoch():
     assert list(ModalityLengthGroupedSampler(lengths, 4, world_size=2, seed=8)) != first
 
 
-def test_megabatches_balance_length_across_micro_batches():
+def test_megabatches_balance_devices_and_sort_accumulation_rounds():
     lengths = _lengths(512, 0, seed=3)
-    sampler = ModalityLengthGroupedSampler(lengths, 8, world_size=4, grad_accum=2, seed=0)
-    spread = []
-    for mb_start in range(0, 512, 64):
-        totals = [sum(lengths[i] for i in mb) for mb in _micro_batches(list(sampler)[mb_start : mb_start + 64], 8)]
-        spread.append(max(totals) - min(totals))
-    # greedy balancing: totals within one mega-batch differ by at most the largest single length
-    assert max(spread) <= max(abs(x) for x in lengths)
+    batch, world, accum = 8, 4, 2
+    order = list(ModalityLengthGroupedSampler(lengths, batch, world_size=world, grad_accum=accum, seed=0))
+    mega = batch * world * accum
+    for start in range(0, 512, mega):
+        rounds = [order[start + r * batch * world : start + (r + 1) * batch * world] for r in range(accum)]
+        for one_round in rounds:
+            # the devices that run a round together: totals differ by at most the largest single length
+            totals = [sum(lengths[i] for i in mb) for mb in _micro_batches(one_round, batch)]
+            assert max(totals) - min(totals) <= max(abs(x) for x in lengths)
+        # one device's accumulated micro-batches are length-sorted: round r holds longer samples than round r + 1
+        for longer, shorter in zip(rounds, rounds[1:]):
+            assert min(lengths[i] for i in longer) >= max(lengths[i] for i in shorter)
+
+
+def test_accumulation_rounds_cut_padding_on_one_device():
+    lengths = _lengths(640, 0, seed=4)
+    batch, accum = 16, 4
+    order = list(ModalityLengthGroupedSampler(lengths, batch, grad_accum=accum, seed=0))
+    padded = sum(batch * max(lengths[i] for i in mb) for mb in _micro_batches(order, batch))
+    # the same steps' samples in a random order inside each step
+    rng = np.random.default_rng(0)
+    shuffled = [i for s in range(0, 640, batch * accum) for i in rng.permutation(order[s : s + batch * accum])]
+    padded_shuffled = sum(batch * max(lengths[i] for i in mb) for mb in _micro_batches(shuffled, batch))
+    assert padded < 0.75 * padded_shuffled
 
 
 def test_word_count_lengths_follow_the_spec(tmp_path):

@@ -167,3 +167,15 @@ def test_length_grouped_steps_train_and_need_modality_grouping(world, tmp_path):
             overrides=dict(data="x.json", output_dir=str(tmp_path), model=str(world["model"]),
                            group_by_modality_length=False, length_group_steps=4),
         )  # fmt: skip
+
+
+def test_length_sorted_accumulation_rounds_train_like_one_micro_batch(world, tmp_path):
+    # one step = 4 samples: as one micro-batch, or as 2 length-sorted accumulation rounds of 2 (less padding)
+    whole = run("finetune", world, tmp_path / "whole", model=str(world["model"]), group_by_modality_length=True)
+    rounds = run(
+        "finetune", world, tmp_path / "rounds", model=str(world["model"]), group_by_modality_length=True,
+        per_device_train_batch_size=2,
+    )  # fmt: skip
+    assert rounds.losses == pytest.approx(whole.losses, rel=1e-5)
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "rounds")
+    assert all(torch.allclose(a[key], b[key], atol=1e-5) for key in a)

@@ -10,9 +10,13 @@ Order for one epoch (all randomness from ``numpy.random.default_rng([seed, epoch
    grad_accum`` (one optimizer step over all devices). With ``length_group_steps = K > 1`` every run of ``K``
    mega-batches of the permutation is first sorted by length (descending), so the samples of one step have
    similar lengths and batches carry little padding (an option of ours; ``K = 1`` is the official order).
-2. Inside a full mega-batch, indices are sorted by length (descending, stable) and dealt greedily into
-   ``world_size × grad_accum`` micro-batches of exactly ``per_device_batch`` items, each next index going to
-   the micro-batch with the smallest total length so far.
+2. Inside a full mega-batch, indices are sorted by length (descending, stable) and cut into ``grad_accum``
+   accumulation rounds of ``world_size × per_device_batch`` consecutive indices (the longest samples in the
+   first round). Each round is dealt greedily into ``world_size`` micro-batches of exactly ``per_device_batch``
+   items, each next index going to the micro-batch with the smallest total length so far, so the devices that
+   run a round together carry balanced work, and the rounds one device accumulates carry little padding. The
+   step's set of samples, and with the loss normalised by the step's supervised-token count its gradient, is
+   the same as without the split.
 3. The full mega-batches of both modalities are shuffled together.
 4. Each modality's incomplete last mega-batch is sorted by length and cut into micro-batches; its full
    micro-batches follow (images, then text), and finally the two remainders (< ``per_device_batch`` each):
@@ -86,6 +90,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         if zero.size:
             raise ValueError(f"length 0 at index {int(zero[0])}: lengths must be > 0 (image) or < 0 (text-only)")
         self.per_device_batch = per_device_batch
+        self.world_size = world_size
         self.groups_per_step = world_size * grad_accum
         self.length_group_steps = length_group_steps
         self.seed = seed
@@ -127,16 +132,21 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         return indices[np.argsort(-np.abs(self.lengths[indices]), kind="stable")]
 
     def _balance(self, megabatch: np.ndarray) -> np.ndarray:
-        """Deal a full mega-batch into equal-count micro-batches with balanced total length (greedy)."""
-        size, groups = self.per_device_batch, self.groups_per_step
-        chunks: list[list[int]] = [[] for _ in range(groups)]
-        heap = [(0, g) for g in range(groups)]  # (total length, micro-batch id) of micro-batches not yet full
-        for index in self._by_length_desc(megabatch).tolist():
-            total, g = heapq.heappop(heap)
-            chunks[g].append(index)
-            if len(chunks[g]) < size:
-                heapq.heappush(heap, (total + abs(int(self.lengths[index])), g))
-        return np.asarray([i for chunk in chunks for i in chunk], dtype=np.int64)
+        """Cut a full mega-batch into length-sorted accumulation rounds, each dealt into ``world_size``
+        equal-count micro-batches with balanced total length (greedy)."""
+        size, devices = self.per_device_batch, self.world_size
+        ordered = self._by_length_desc(megabatch)
+        rounds = []
+        for start in range(0, ordered.size, size * devices):
+            chunks: list[list[int]] = [[] for _ in range(devices)]
+            heap = [(0, d) for d in range(devices)]  # (total length, micro-batch id) of micro-batches not yet full
+            for index in ordered[start : start + size * devices].tolist():
+                total, d = heapq.heappop(heap)
+                chunks[d].append(index)
+                if len(chunks[d]) < size:
+                    heapq.heappush(heap, (total + abs(int(self.lengths[index])), d))
+            rounds += [i for chunk in chunks for i in chunk]
+        return np.asarray(rounds, dtype=np.int64)
 
     def _split_leftover(self, leftover: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         ordered = self._by_length_desc(leftover)

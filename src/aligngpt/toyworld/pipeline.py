@@ -110,7 +110,9 @@ def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress:
         "image_root": str(world / "images"),
         "seed": seed,
         "global_batch_size": preset.batch_size,
-        "per_device_train_batch_size": preset.batch_size,
+        "per_device_train_batch_size": preset.micro_batch_size,
+        # the sampler that sorts a step's samples into length-homogeneous accumulation rounds (all stages)
+        "group_by_modality_length": True,
         "cache_vision_features": True,
         "precision": "fp32",
         "gradient_checkpointing": False,
@@ -118,11 +120,7 @@ def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress:
         "logging_steps": 25,
         "torch_threads": 1,
         "dataloader_num_workers": 0,
-        **(
-            {"group_by_modality_length": True, "length_group_steps": preset.length_group_steps}
-            if preset.length_group_steps > 1
-            else {}
-        ),
+        "length_group_steps": preset.length_group_steps,
         "progress": progress,
         "use_cpu": True,
     }

@@ -31,6 +31,9 @@ class DemoPreset:
     pretrain_steps: int
     finetune_steps: int
     batch_size: int
+    # Micro-batch of the accumulation rounds a step is cut into. The sampler sorts a step's samples by length into
+    # its rounds, so padding falls while the step's samples and gradient stay the same (2x faster stage 2 at 16).
+    micro_batch_size: int = 16
     seeds: int = 1
     variants: tuple[str, ...] = (ALIGNGPT, BASELINE)
     pretrain_lr: float = 1e-3
@@ -50,7 +53,8 @@ class DemoPreset:
 PRESETS: dict[str, DemoPreset] = {
     "smoke": DemoPreset(
         n_pretrain=96, n_finetune=96, n_eval=6, zoo_size="smoke", pretrain_steps=3, finetune_steps=3, batch_size=8,
-        eval_batch_size=16, caption_tokens=12, variants=(ALIGNGPT, BASELINE, PREFIX), length_group_steps=2,
+        micro_batch_size=4, eval_batch_size=16, caption_tokens=12, variants=(ALIGNGPT, BASELINE, PREFIX),
+        length_group_steps=2,
     ),
     "default": DemoPreset(
         n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=200, finetune_steps=400,
