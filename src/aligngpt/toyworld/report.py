@@ -217,9 +217,9 @@ def write_report(
         "Runs whose mean POPE accuracy stayed within "
         f"{POPE_CHANCE_MARGIN} of chance: {', '.join(_chance_runs(evaluations, seeds, preset.variants)) or 'none'}.",
         "",
-        "Training losses (first → last logged): "
+        "Training losses (first → last logged; pretrain = stage 1, finetune = stage 2): "
         + "; ".join(
-            f"{name.split('/', 1)[1]} {r['first_loss']:.3f} → {r['last_loss']:.3f}"
+            f"{name} {r['first_loss']:.3f} → {r['last_loss']:.3f}"
             for name, r in {**stage1, **finals}.items() if r.get("first_loss") is not None
         ),
         "",
