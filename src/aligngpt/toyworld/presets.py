@@ -59,7 +59,7 @@ PRESETS: dict[str, DemoPreset] = {
     # Stage 1 long enough for the LLM to learn to read the image tokens from the captions; then stage 2 converges
     # quickly (docs/toyworld.md). The default is the shortest such schedule that fits ``make demo``'s 10 minutes.
     "default": DemoPreset(
-        n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=700, finetune_steps=200,
+        n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=600, finetune_steps=150,
         batch_size=64,
     ),
     # The study: 3 seeds, AlignGPT, the baseline and the paper's ablations (``prefix`` on request: --variants).
