@@ -48,6 +48,17 @@ def test_smoke_demo_produces_every_artefact_and_reuses_finished_steps(tmp_path):
         "eval/seed0/aligngpt",
     } <= set(steps)
 
+    # the chat command the demo prints at the end works on its result
+    image = out / "world" / "images" / "eval" / "000000.png"
+    chat = CliRunner().invoke(
+        app,
+        ["chat", "--model", str(out / "runs" / "seed0" / "aligngpt"), "--image", str(image), "--temperature", "0",
+         "--max-new-tokens", "4", "--show-alignment"],
+        input="Describe the image in detail.\n/quit\n",
+    )  # fmt: skip
+    assert chat.exit_code == 0, chat.output
+    assert chat.output.count("ASSISTANT: ") == 1 and re.search(r"^  level 6 ", chat.output, re.M)
+
     again = CliRunner().invoke(app, ["demo", "--size", "smoke", "--out", str(out), "--workers", "1"])
     assert again.exit_code == 0, again.output
     assert "..." not in again.output  # nothing re-ran
