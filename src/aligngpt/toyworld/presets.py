@@ -56,8 +56,9 @@ PRESETS: dict[str, DemoPreset] = {
         micro_batch_size=4, eval_batch_size=16, caption_tokens=12, variants=(ALIGNGPT, BASELINE, PREFIX),
         length_group_steps=2,
     ),
-    # Stage 1 long enough for the LLM to learn to read the image tokens from the captions; then stage 2 converges
-    # quickly (docs/toyworld.md). The default is the shortest such schedule that fits ``make demo``'s 10 minutes.
+    # ``full`` needs a stage 1 long enough for the LLM to learn to read the image tokens; then a short stage 2
+    # converges (docs/toyworld.md). The default keeps that shape at the size that fits ``make demo``'s 10 minutes,
+    # which is too short to converge.
     "default": DemoPreset(
         n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=600, finetune_steps=150,
         batch_size=64,
