@@ -2,6 +2,7 @@
 matmul peak measured in the same process.
 
     python benchmarks/bench_train.py [--threads 2] [--dtype fp32|bf16] [--steps 10] [--repeats 3] [--device cuda]
+    python benchmarks/bench_train.py --preset toy [--change name=value ...]   (see bench_train_toy.py)
 
 FLOPs per step are counted once with ``torch.utils.flop_counter.FlopCounterMode`` (every matmul/conv actually run:
 frozen vision tower forward, LLM forward and backward, gate, projector); the step time is the median (and min) over
@@ -131,8 +132,15 @@ def bench_stage(
 
 
 def main() -> None:
+    import sys
+
+    if "--preset" in sys.argv and sys.argv[sys.argv.index("--preset") + 1 :][:1] == ["toy"]:
+        from bench_train_toy import main as toy_main  # the real engine on the toy world (its own options)
+
+        sys.argv = [arg for i, arg in enumerate(sys.argv) if arg != "--preset" and sys.argv[i - 1] != "--preset"]
+        return toy_main()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="small", choices=[*sorted(PRESETS), "toy"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=10)

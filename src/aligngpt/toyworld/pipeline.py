@@ -171,10 +171,13 @@ def run_demo(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     variants: tuple[str, ...] | None = None,
+    rebuild_zoo: bool = False,
 ) -> Path:
     """Run the whole toy-world study under ``out`` and return the path of ``report.md``.
 
     ``variants`` overrides the size's list (AlignGPT is always run: the ablations and the report start from it).
+    The model zoo is copied from the package where it ships one for the preset's zoo (the output of the same
+    ``build_zoo``); ``rebuild_zoo`` trains it here instead.
     """
     from aligngpt.scoring.run import ScoreConfig, score_dataset
     from aligngpt.toyworld.analysis import clip_score_quality
@@ -201,14 +204,16 @@ def run_demo(
                             instructions=instructions)  # fmt: skip
     log.run("world", dataset.settings(), lambda: str(write_dataset(world, dataset, progress=progress)), echo)
     zoo_record = log.run(
-        "zoo", {"size": preset.zoo_size, "seed": 0},
-        lambda: build_zoo(zoo, seed=0, size=preset.zoo_size, threads=workers, progress=progress), echo,
+        "zoo", {"size": preset.zoo_size, "seed": 0, "rebuilt": rebuild_zoo},
+        lambda: build_zoo(zoo, seed=0, size=preset.zoo_size, threads=workers, progress=progress,
+                          shipped=not rebuild_zoo), echo,
     )  # fmt: skip
+    zoo_weights = zoo_record["fingerprint"]  # every step below depends on the zoo's weights
     score_config = ScoreConfig(
         data=world / "pretrain.json", images=world / "images", clip=str(zoo / "clip"), out=scored,
         num_levels=NUM_LEVELS, batch_size=256, workers=1, progress=progress,
     )  # fmt: skip
-    log.run("score", {"data": dataset.settings(), "zoo": preset.zoo_size},
+    log.run("score", {"data": dataset.settings(), "zoo": zoo_weights},
             lambda: str(score_dataset(score_config).out), echo)  # fmt: skip
     clip_quality = log.run("clip-quality", {"scored": str(scored), "data": dataset.settings()},
                            lambda: clip_score_quality(scored, NUM_LEVELS), echo)  # fmt: skip
@@ -218,7 +223,7 @@ def run_demo(
         results = {}
         todo = []
         for job_name, settings, fn, args in jobs:
-            digest_settings = {"settings": settings, "preset": _job_preset(preset)}
+            digest_settings = {"settings": settings, "preset": _job_preset(preset), "zoo": zoo_weights}
             previous = log.steps.get(job_name)
             if previous and previous["digest"] == _digest(digest_settings):
                 echo(f"[demo] {job_name}: reused")

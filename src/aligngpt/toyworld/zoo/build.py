@@ -12,6 +12,7 @@ Each part is cached: a rerun with the same settings reuses finished folders (see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -38,7 +39,8 @@ from aligngpt.toyworld.zoo.clip import (
 )
 from aligngpt.toyworld.zoo.corpus import lm_texts, tokenizer_corpus
 from aligngpt.toyworld.zoo.llama import LlamaSettings, build_llama, encode_texts, heldout_loss, train_llama
-from aligngpt.toyworld.zoo.parts import build_part, finished_part, settings_key
+from aligngpt.toyworld.zoo.parts import PART_FILE, build_part, finished_part, settings_key
+from aligngpt.toyworld.zoo.shipped import SHIPPED_MARKER, install_shipped_parts, remove_shipped_parts
 from aligngpt.toyworld.zoo.tokenizer import train_tokenizer, wrap
 from aligngpt.toyworld.zoo.training import Stopwatch, torch_threads
 
@@ -204,33 +206,27 @@ def _llama_part(
         )
 
 
-def build_zoo(
-    out_dir: str | Path,
-    seed: int = 0,
-    size: str | ZooSettings = "default",
-    threads: int | None = None,
-    world: WorldConfig | None = None,
-    progress: bool = True,
-) -> dict:
-    """Build (or reuse) the tokenizer, CLIP and LLaMA under ``out_dir``; returns the ``zoo.json`` record.
+def weights_fingerprint(zoo_dir: Path) -> str:
+    """A hash of the zoo's tokenizer and model weights: what the steps downstream of the zoo depend on."""
+    digest = hashlib.sha256()
+    for name in (TOKENIZER_DIR, CLIP_DIR, LLAMA_DIR):
+        for path in sorted((zoo_dir / name).glob("*")):
+            if path.suffix in (".safetensors", ".json") and path.name != PART_FILE:
+                digest.update(f"{name}/{path.name}\0".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
-    ``size`` is a name in ``SIZES`` ("default", "smoke") or explicit settings. ``threads`` (default
-    ``DEFAULT_THREADS``) is the CPU budget: with 1 the models train one after the other on one torch thread;
-    with ``n >= 2`` CLIP trains in a worker process on ``n // 2`` threads while LLaMA trains here on the rest.
-    """
+
+def _resolve_size(size: str | ZooSettings) -> tuple[ZooSettings, str]:
     if isinstance(size, str):
         if size not in SIZES:
             raise ValueError(f"unknown zoo size {size!r}; expected one of {sorted(SIZES)}")
-        settings, size_name = SIZES[size], size
-    else:
-        settings, size_name = size, "custom"
-    world = world or WorldConfig()
-    threads = DEFAULT_THREADS if threads is None else threads
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    zoo_dir = Path(out_dir)
-    zoo_dir.mkdir(parents=True, exist_ok=True)
-    watch = Stopwatch()
+        return SIZES[size], size
+    return size, "custom"
+
+
+def part_settings(seed: int, settings: ZooSettings, world: WorldConfig) -> dict[str, tuple[str, dict]]:
+    """``{part folder: (key, settings)}``: everything that determines each part, and its hash."""
     common = {"format_version": FORMAT_VERSION, "seed": seed, "world": asdict(world)}
     tok_settings = {
         **common,
@@ -239,15 +235,53 @@ def build_zoo(
         "max_positions": settings.llama.max_positions,
     }
     tok_key = settings_key(tok_settings)
+    clip_settings = {**common, "tokenizer": tok_key, "clip": asdict(settings.clip)}
+    llama_settings = {**common, "tokenizer": tok_key, "llama": asdict(settings.llama)}
+    return {
+        TOKENIZER_DIR: (tok_key, tok_settings),
+        CLIP_DIR: (settings_key(clip_settings), clip_settings),
+        LLAMA_DIR: (settings_key(llama_settings), llama_settings),
+    }
+
+
+def build_zoo(
+    out_dir: str | Path,
+    seed: int = 0,
+    size: str | ZooSettings = "default",
+    threads: int | None = None,
+    world: WorldConfig | None = None,
+    progress: bool = True,
+    shipped: bool = False,
+) -> dict:
+    """Build (or reuse) the tokenizer, CLIP and LLaMA under ``out_dir``; returns the ``zoo.json`` record.
+
+    ``size`` is a name in ``SIZES`` ("default", "demo", "smoke") or explicit settings. ``threads`` (default
+    ``DEFAULT_THREADS``) is the CPU budget: with 1 the models train one after the other on one torch thread;
+    with ``n >= 2`` CLIP trains in a worker process on ``n // 2`` threads while LLaMA trains here on the rest.
+    ``shipped=True`` first copies in the parts of the zoo shipped with the package (the output of this function
+    for the same settings, see ``aligngpt.toyworld.zoo.shipped``) where they match, so only what differs is built;
+    without it every part missing from ``out_dir`` is trained here.
+    """
+    settings, size_name = _resolve_size(size)
+    world = world or WorldConfig()
+    threads = DEFAULT_THREADS if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    zoo_dir = Path(out_dir)
+    zoo_dir.mkdir(parents=True, exist_ok=True)
+    watch = Stopwatch()
+    keys = part_settings(seed, settings, world)
+    copied = install_shipped_parts(zoo_dir, keys) if shipped else []
+    if not shipped:
+        remove_shipped_parts(zoo_dir)
+    tok_key, tok_settings = keys[TOKENIZER_DIR]
     parts = {
         "tokenizer": build_part(
             zoo_dir / TOKENIZER_DIR, tok_key, tok_settings, lambda d: _build_tokenizer(d, seed, world, settings)
         ),
     }
-    clip_settings = {**common, "tokenizer": tok_key, "clip": asdict(settings.clip)}
-    llama_settings = {**common, "tokenizer": tok_key, "llama": asdict(settings.llama)}
-    clip_args = (zoo_dir, settings_key(clip_settings), clip_settings, seed, world, settings.clip, progress)
-    llama_args = (zoo_dir, settings_key(llama_settings), llama_settings, seed, world, settings.llama, progress)
+    clip_args = (zoo_dir, *keys[CLIP_DIR], seed, world, settings.clip, progress)
+    llama_args = (zoo_dir, *keys[LLAMA_DIR], seed, world, settings.llama, progress)
     both_missing = (
         finished_part(zoo_dir / CLIP_DIR, clip_args[1]) is None
         and finished_part(zoo_dir / LLAMA_DIR, llama_args[1]) is None
@@ -260,6 +294,8 @@ def build_zoo(
     else:
         parts["clip"] = _clip_part(*clip_args, threads)
         parts["llama"] = _llama_part(*llama_args, threads)
+    for name in ("tokenizer", "clip", "llama"):
+        parts[name]["shipped"] = name in copied or (zoo_dir / name / SHIPPED_MARKER).is_file()
     record = {
         "format_version": FORMAT_VERSION,
         "seed": seed,
@@ -277,6 +313,7 @@ def build_zoo(
             name: {k: v for k, v in parts[name].items() if k != "settings"} for name in ("tokenizer", "clip", "llama")
         },
         "settings": {"world": asdict(world), "zoo": asdict(settings)},
+        "fingerprint": weights_fingerprint(zoo_dir),
     }
     atomic_write_json(zoo_dir / ZOO_FILE, record, indent=2)
     return record

@@ -1,0 +1,171 @@
+"""The real training engine (``aligngpt.training.train``: HF Trainer, dataset, collator, sampler, optimizer) on the
+toy world's models and data, timed per optimizer step: a baseline setting against a changed one, in one process.
+
+    python benchmarks/bench_train.py --preset toy [--change per_device_train_batch_size=32] [--steps 12]
+        [--repeats 3] [--stage pretrain|finetune|both] [--profile]
+
+Both settings run ``repeats`` times each, interleaved (A B A B ...), each run ``steps`` optimizer steps of the
+demo's batch; the step time of a run is the median of its steps after the first ``WARMUP_STEPS`` (model building,
+feature caching and the first steps' allocations excluded). The printed ratio is median(changed) / median(base):
+below 1 the change is faster. ``--profile`` instead runs the base setting once under ``torch.profiler`` and prints
+where a step's time goes (model math, optimizer, data), the breakdown in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+WARMUP_STEPS = 3
+N_PRETRAIN, N_FINETUNE = 1024, 1024
+
+
+class StepClock(TrainerCallback):
+    """Wall time of every optimizer step (from one step's end to the next)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._last is None:
+            self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+
+
+def prepare(root: Path) -> dict[str, Path]:
+    """A small toy world, the shipped demo zoo and CLIP levels: the inputs of both stages."""
+    from aligngpt.scoring.run import ScoreConfig, score_dataset
+    from aligngpt.toyworld.dataset import write_dataset
+    from aligngpt.toyworld.zoo.build import build_zoo
+
+    world, zoo, scored = root / "world", root / "zoo", root / "scored" / "pretrain.json"
+    write_dataset(world, seed=0, n_pretrain=N_PRETRAIN, n_finetune=N_FINETUNE, n_eval=1, progress=False)
+    build_zoo(zoo, seed=0, size="demo", shipped=True, progress=False)
+    score_dataset(ScoreConfig(data=world / "pretrain.json", images=world / "images", clip=str(zoo / "clip"),
+                              out=scored, workers=0, progress=False))  # fmt: skip
+    return {"root": root, "world": world, "zoo": zoo, "scored": scored}
+
+
+def stage_settings(paths: dict[str, Path], stage: str, steps: int, changes: dict) -> dict:
+    """The demo's settings of ``stage`` (``aligngpt.toyworld.pipeline``), with ``changes`` applied."""
+    from aligngpt.toyworld.pipeline import stage1_settings, stage2_settings
+    from aligngpt.toyworld.presets import get_preset
+
+    preset = replace(get_preset("default"), pretrain_steps=steps, finetune_steps=steps)
+    root = paths["root"]
+    if stage == "pretrain":
+        settings = stage1_settings(preset, root, paths["world"], paths["zoo"], paths["scored"], "aligngpt", 0, False)
+    else:
+        settings = stage2_settings(preset, root, paths["world"], "aligngpt", 0, False)
+    return {**settings, "logging_steps": 10**6, **changes}
+
+
+def timed_run(settings: dict, output_dir: Path) -> list[float]:
+    """Train with ``settings`` into ``output_dir``; returns the step times (seconds)."""
+    from aligngpt.training import engine, trainer
+    from aligngpt.training.config import resolve_config
+
+    clock = StepClock()
+    original = trainer.AlignGPTTrainer
+
+    class ClockedTrainer(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(clock)
+
+    trainer.AlignGPTTrainer = ClockedTrainer  # train() imports it at call time
+    try:
+        engine.train(resolve_config(overrides={**settings, "output_dir": str(output_dir)}))
+    finally:
+        trainer.AlignGPTTrainer = original
+    return clock.times[WARMUP_STEPS:]
+
+
+def parse_changes(items: list[str]) -> dict:
+    """``name=value`` pairs; values are read as JSON where they parse (numbers, booleans), else as strings."""
+    changes = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            changes[name] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[name] = value
+    return changes
+
+
+def compare(paths: dict[str, Path], stage: str, steps: int, repeats: int, changes: dict) -> None:
+    base_times, new_times = [], []
+    for repeat in range(repeats):
+        for label, times in (("base", base_times), ("new", new_times)):
+            settings = stage_settings(paths, stage, steps, changes if label == "new" else {})
+            run = timed_run(settings, paths["root"] / "runs" / f"{stage}-{label}-{repeat}")
+            times.append(statistics.median(run))
+    base, new = statistics.median(base_times), statistics.median(new_times)
+    runs = f"base {' '.join(f'{t * 1e3:.0f}' for t in base_times)}, new {' '.join(f'{t * 1e3:.0f}' for t in new_times)}"
+    print(f"{stage:<9} base {base * 1e3:7.1f} ms/step  new {new * 1e3:7.1f} ms/step  ratio new/base {new / base:.3f}  "
+          f"(medians of {repeats} interleaved runs x {steps - WARMUP_STEPS} steps; runs: {runs})")  # fmt: skip
+
+
+def profile(paths: dict[str, Path], stage: str, steps: int, changes: dict) -> None:
+    """One run under ``torch.profiler``: self CPU time by operator, summed into model / optimizer / other."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    settings = stage_settings(paths, stage, steps, changes)
+    timed_run(settings, paths["root"] / "runs" / f"{stage}-warm")  # imports and caches outside the profile
+    start = time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        timed_run(settings, paths["root"] / "runs" / f"{stage}-profiled")
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"{stage}: {steps} steps profiled in {wall:.1f} s wall; top operators by self CPU time:")
+    for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:25]:
+        print(
+            f"  {event.key:<55} {event.self_cpu_time_total / 1e6:7.2f} s  {event.self_cpu_time_total / total:6.1%}"
+            f"  calls {event.count}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--change", action="append", default=[], help="name=value of a train setting (repeatable)")
+    parser.add_argument("--stage", default="both", choices=["pretrain", "finetune", "both"])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--workdir", default=None, help="keep the world, zoo and runs here (default: a temp dir)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    changes = parse_changes(args.change)
+    stages = ["pretrain", "finetune"] if args.stage == "both" else [args.stage]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.workdir or tmp)
+        paths = prepare(root)
+        if "finetune" in stages:  # stage 2 starts from a stage-1 folder
+            timed_run({**stage_settings(paths, "pretrain", 1, {}), "max_steps": 1},
+                      root / "runs" / "seed0" / "aligngpt-stage1")  # fmt: skip
+        print(f"threads {torch.get_num_threads()}, change {changes or '(none)'}")
+        for stage in stages:
+            if args.profile:
+                profile(paths, stage, args.steps, changes)
+            else:
+                compare(paths, stage, args.steps, args.repeats, changes)
+
+
+if __name__ == "__main__":
+    main()
