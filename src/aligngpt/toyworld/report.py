@@ -59,7 +59,8 @@ def glossary(num_levels: int) -> list[str]:
         '*yes-ratio*: share of "yes" answers (0.5 = balanced, near 1 = a model that says yes to everything).',
         f"- *gate entropy*: entropy (nats) of AlignGPT's stage-2 gate weights over the {num_levels - 1} local "
         f"levels E[0..{num_levels - 2}]; its maximum log({num_levels - 1}) = {math.log(num_levels - 1):.3f} means "
-        f"uniform weights (1/{num_levels - 1} each), i.e. a gate that does not choose.",
+        f"uniform weights (1/{num_levels - 1} each), i.e. a gate that does not choose. The gate table gives the "
+        "entropy of the mean weights and the mean of the per-sample entropies.",
     ]
 
 

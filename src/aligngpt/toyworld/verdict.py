@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from aligngpt.toyworld.analysis import spearman
 from aligngpt.toyworld.instructions import POPE_SPLITS
-from aligngpt.toyworld.presets import ALIGNGPT, BASELINE
+from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, get_preset
 
 FULL_SIZE = "full"  # the preset whose seed spread single-seed differences are read against
 
@@ -210,7 +210,7 @@ class Verdict:
         if self.seeds == 1:
             return (
                 "One seed allows no claim about a difference between variants: read any difference below against "
-                "the seed spread of `aligngpt demo --full` (3 seeds, docs/toyworld.md)."
+                f"the seed spread of `aligngpt demo --full` ({get_preset(FULL_SIZE).seeds} seeds, docs/toyworld.md)."
             )
         return (
             f"A difference between variants counts only if every seed agrees in sign and |mean| > "
@@ -219,12 +219,11 @@ class Verdict:
         )
 
     def _answer_levels(self) -> str:
-        grounded = [c for c in self.stage1 if c.grounded]
         if not self.grounded:
             failed = ", ".join(f"seed {c.seed}" for c in self.stage1 if not c.grounded)
             return f"not shown: stage 1 is not grounded in {failed}."
         top = len(self.stage1[0].f1) - 1
-        spans = ", ".join(f"{c.f1[0]:.2f} → {c.f1[top]:.2f}" for c in grounded)
+        spans = ", ".join(f"{c.f1[0]:.2f} → {c.f1[top]:.2f}" for c in self.stage1)
         scope = "in this seed" if self.seeds == 1 else f"in all {self.seeds} seeds"
         return f"yes {scope}: caption F1 from level 0 to level {top}: {spans}."
 
