@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from typer.testing import CliRunner
 
 from aligngpt.cli import app
@@ -31,6 +32,31 @@ def test_smoke_demo_produces_every_artefact_and_reuses_finished_steps(tmp_path):
     assert "Runs whose mean POPE accuracy stayed within" in report
     assert re.search(r"^\| pope \| \d+ \| (0\.\d\d ){6}0\.\d\d \|", report, re.M)
     assert (out / "levels.png").stat().st_size > 0 and (out / "gate.png").stat().st_size > 0
+    assert "![CLIP score levels](scored/pretrain.summary.png)" in report
+    assert (out / "scored" / "pretrain.summary.png").stat().st_size > 0
+
+    # the verdict opens the report: a smoke run cannot converge, and one seed allows no claim between variants
+    first = report.splitlines()[2]
+    assert first.startswith("**Verdict: not converged.** Stage 1 is not grounded in 1 of 1 seeds and 3 of 3 stage-2")
+    assert first.endswith("for the converged study run `aligngpt demo --full`.")
+    assert "**Seeds: 1.** One seed allows no claim about a difference between variants" in report
+    assert report.index("**Glossary.**") < report.index("## Time per stage")
+    for term in ("*caption F1*", "*CHAIR_i*", "*POPE accuracy*", "*yes-ratio*", "*gate entropy*"):
+        assert term in report
+    assert "log(7) = 1.946" in report
+    assert re.search(r"^llama_heldout_loss: \d+\.\d{3}$", report, re.M)  # zoo numbers rounded
+
+    # progress: elapsed time after every stage, an estimate from stage 1 on
+    assert re.search(
+        r"^\[demo\] progress: zoo finished, \d+:\d\d elapsed; estimate after stage 1$", result.output, re.M
+    )
+    assert re.search(
+        r"^\[demo\] progress: stage 1 \(pretrain\) finished, \d+:\d\d elapsed; at least \d+:\d\d left \(stage 2 "
+        r"\(finetune\) at stage 1's \d+\.\d\d s per step; stage-1 level sweep, evaluation not estimated\)$",
+        result.output,
+        re.M,
+    )
+    assert re.search(r"^\[demo\] progress: evaluation finished, .*; nothing left to run$", result.output, re.M)
 
     aligngpt = AlignGPTForConditionalGeneration.from_pretrained(out / "runs" / "seed0" / "aligngpt")
     baseline = AlignGPTForConditionalGeneration.from_pretrained(out / "runs" / "seed0" / "baseline")
@@ -48,6 +74,24 @@ def test_smoke_demo_produces_every_artefact_and_reuses_finished_steps(tmp_path):
         "eval/seed0/aligngpt",
     } <= set(steps)
 
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"seconds_total", "stage1_level_sweep", "stage1_baseline_f1", "stage2", "converged"}
+    assert summary["converged"] is False
+    assert summary["seconds_total"] == pytest.approx(sum(step["seconds"] for step in steps.values()))
+    sweep = steps["level-sweep/seed0/aligngpt"]["result"]
+    assert summary["stage1_level_sweep"] == {"aligngpt": [sweep[str(level)]["f1"] for level in range(8)]}
+    assert summary["stage1_baseline_f1"] == steps["level-sweep/seed0/baseline"]["result"]["none"]["f1"]
+    assert set(summary["stage2"]) == {"aligngpt", "baseline"}
+    for variant, values in summary["stage2"].items():
+        sets = steps[f"eval/seed0/{variant}"]["result"]["metrics"]["sets"]
+        assert values == {
+            "caption_f1": sets["caption"]["f1"],
+            "pope_accuracy": pytest.approx(
+                sum(sets["pope"][p]["accuracy"] for p in ("random", "popular", "adversarial")) / 3
+            ),
+            "vqa_accuracy": sets["vqa"]["accuracy"],
+        }
+
     # the chat command the demo prints at the end works on its result
     image = out / "world" / "images" / "eval" / "000000.png"
     chat = CliRunner().invoke(
@@ -63,6 +107,7 @@ def test_smoke_demo_produces_every_artefact_and_reuses_finished_steps(tmp_path):
     assert again.exit_code == 0, again.output
     assert "..." not in again.output  # nothing re-ran
     assert again.output.count("reused") >= len(steps)
+    assert again.output.count("nothing left to run") == 4  # after stage 1, the sweep, stage 2 and the evaluation
 
 
 def test_unknown_variant_is_refused_before_any_work(tmp_path):

@@ -17,6 +17,11 @@ _PLOT_SIZE = (10.0, 4.0)
 _PLOT_DPI = 100
 
 
+def summary_paths(out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The text and PNG summary files of the scoring output ``out``: ``<out stem>.summary.txt`` and ``.png``."""
+    return sidecar(out, ".summary.txt"), sidecar(out, ".summary.png")
+
+
 @dataclass
 class LevelSummary:
     """``scores`` and ``levels`` are ``[M]`` for the M scored records; the rest count other records."""
@@ -81,7 +86,7 @@ class LevelSummary:
 
     def write(self, out: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Write ``<out stem>.summary.txt`` and ``.summary.png`` next to ``out``; returns both paths."""
-        txt, png = sidecar(out, ".summary.txt"), sidecar(out, ".summary.png")
+        txt, png = summary_paths(out)
         with atomic_write(txt) as f:
             f.write(self.text())
         self.plot(png)

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from aligngpt.toyworld._io import atomic_write_json
 from aligngpt.toyworld.presets import ALIGNGPT, NUM_LEVELS, STAGE1_SOURCE, VARIANT_MODES, DemoPreset, get_preset
+from aligngpt.toyworld.progress import DemoClock, PlannedStage
 
 STEPS_FILE = "steps.json"
+STAGE1, SWEEP, STAGE2, EVALUATION = "stage 1 (pretrain)", "stage-1 level sweep", "stage 2 (finetune)", "evaluation"
 # The zoo LLaMA learned Vicuna-v1 turns without the system prompt; it also keeps the sequences short.
 CHAT_TEMPLATE = "vicuna_v1_nosys"
 
@@ -186,7 +188,8 @@ def run_demo(
     from aligngpt.toyworld.report import write_report
     from aligngpt.toyworld.zoo.build import build_zoo
 
-    preset = get_preset("full" if full else size)
+    size = "full" if full else size
+    preset = get_preset(size)
     if variants is not None:
         unknown = sorted(set(variants) - set(VARIANT_MODES))
         if unknown:
@@ -196,6 +199,7 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = StepLog(out / STEPS_FILE)
+    clock = DemoClock(echo, workers)
     world, zoo, scored = out / "world", out / "zoo", out / "scored" / "pretrain.json"
 
     weights = {"task_weights": preset.instruction_weights} if preset.instruction_weights else {}
@@ -203,12 +207,14 @@ def run_demo(
     dataset = DatasetConfig(seed=0, n_pretrain=preset.n_pretrain, n_finetune=preset.n_finetune, n_eval=preset.n_eval,
                             instructions=instructions)  # fmt: skip
     log.run("world", dataset.settings(), lambda: str(write_dataset(world, dataset, progress=progress)), echo)
+    clock.finished("world")
     zoo_record = log.run(
         "zoo", {"size": preset.zoo_size, "seed": 0, "rebuilt": rebuild_zoo},
         lambda: build_zoo(zoo, seed=0, size=preset.zoo_size, threads=workers, progress=progress,
                           shipped=not rebuild_zoo), echo,
     )  # fmt: skip
     zoo_weights = zoo_record["fingerprint"]  # every step below depends on the zoo's weights
+    clock.finished("zoo")
     score_config = ScoreConfig(
         data=world / "pretrain.json", images=world / "images", clip=str(zoo / "clip"), out=scored,
         num_levels=NUM_LEVELS, batch_size=256, workers=1, progress=progress,
@@ -217,28 +223,34 @@ def run_demo(
             lambda: str(score_dataset(score_config).out), echo)  # fmt: skip
     clip_quality = log.run("clip-quality", {"scored": str(scored), "data": dataset.settings()},
                            lambda: clip_score_quality(scored, NUM_LEVELS), echo)  # fmt: skip
+    clock.finished("score")
+
+    def job_digest(settings: dict) -> str:
+        return _digest({"settings": settings, "preset": _job_preset(preset), "zoo": zoo_weights})
+
+    def reusable(job_name: str, settings: dict) -> bool:
+        previous = log.steps.get(job_name)
+        return previous is not None and previous["digest"] == job_digest(settings)
 
     def stage(name: str, jobs: list[tuple[str, dict, Callable, tuple]]) -> dict[str, object]:
         """Run the jobs not yet done (in parallel), record each; returns results by job name."""
         results = {}
         todo = []
         for job_name, settings, fn, args in jobs:
-            digest_settings = {"settings": settings, "preset": _job_preset(preset), "zoo": zoo_weights}
-            previous = log.steps.get(job_name)
-            if previous and previous["digest"] == _digest(digest_settings):
+            if reusable(job_name, settings):
                 echo(f"[demo] {job_name}: reused")
-                results[job_name] = previous["result"]
+                results[job_name] = log.steps[job_name]["result"]
             else:
-                todo.append((job_name, digest_settings, fn, args))
+                todo.append((job_name, settings, fn, args))
         if todo:
             echo(f"[demo] {name}: {', '.join(j[0] for j in todo)} ({min(workers, len(todo))} at a time)")
             start = last = time.perf_counter()
             for index, result in _parallel([(fn, args) for _, _, fn, args in todo], workers):
                 # Each finished job is recorded at once (an interrupted stage keeps it); its "seconds" is the wall
                 # time since the previous job ended, so a stage's seconds add up to its wall time.
-                job_name, digest_settings = todo[index][:2]
+                job_name, settings = todo[index][:2]
                 now = time.perf_counter()
-                log.steps[job_name] = {"digest": _digest(digest_settings), "seconds": now - last, "result": result}
+                log.steps[job_name] = {"digest": job_digest(settings), "seconds": now - last, "result": result}
                 last = now
                 results[job_name] = result
                 atomic_write_json(log.path, log.steps)
@@ -246,13 +258,13 @@ def run_demo(
             echo(f"[demo] {name}: done in {time.perf_counter() - start:.0f} s")
         return results
 
+    # Every stage's jobs are built before the first runs, so the progress estimate knows which will be reused.
     stage1_variants = sorted({STAGE1_SOURCE[variant] for variant in preset.variants}, key=list(VARIANT_MODES).index)
-    jobs = []  # every seed's jobs in one pool, so no worker waits for a seed's last job
+    pretrain_jobs = []  # every seed's jobs in one pool, so no worker waits for a seed's last job
     for seed in seed_list:
         for variant in stage1_variants:
             settings = stage1_settings(preset, out, world, zoo, scored, variant, seed, progress)
-            jobs.append((f"pretrain/seed{seed}/{variant}", settings, train_job, (settings, 1)))
-    stage1 = stage("stage 1 (pretrain)", jobs)
+            pretrain_jobs.append((f"pretrain/seed{seed}/{variant}", settings, train_job, (settings, 1)))
 
     sweep_jobs = []
     for seed in seed_list:
@@ -263,14 +275,12 @@ def run_demo(
             sweep_jobs.append(
                 (f"level-sweep/seed{seed}/{variant}", {"model": model_dir, "levels": levels}, level_sweep_job, args)
             )
-    sweeps = stage("stage-1 caption sweep over forced levels", sweep_jobs)
 
-    jobs = []
+    finetune_jobs = []
     for seed in seed_list:
         for variant in preset.variants:
             settings = stage2_settings(preset, out, world, variant, seed, progress)
-            jobs.append((f"finetune/seed{seed}/{variant}", settings, train_job, (settings, 1)))
-    finals = stage("stage 2 (finetune)", jobs)
+            finetune_jobs.append((f"finetune/seed{seed}/{variant}", settings, train_job, (settings, 1)))
 
     eval_jobs = []
     for seed in seed_list:
@@ -279,11 +289,33 @@ def run_demo(
             eval_out = str(out / "eval" / f"seed{seed}" / variant)
             args = (model_dir, str(world), eval_out, preset.eval_batch_size, 1)
             eval_jobs.append((f"eval/seed{seed}/{variant}", {"model": model_dir}, eval_job, args))
-    evaluations = stage("evaluation", eval_jobs)
+
+    stages = {
+        STAGE1: (pretrain_jobs, preset.pretrain_steps),
+        SWEEP: (sweep_jobs, 0),
+        STAGE2: (finetune_jobs, preset.finetune_steps),
+        EVALUATION: (eval_jobs, 0),
+    }
+    clock.plan([
+        PlannedStage(name, sum(not reusable(job[0], job[1]) for job in jobs), steps)
+        for name, (jobs, steps) in stages.items()
+    ])  # fmt: skip
+    stage1 = stage(STAGE1, pretrain_jobs)
+    # stage 1's recorded wall time (this run's, or the earlier run's for reused jobs) prices the later steps
+    clock.measure(sum(log.steps[job[0]]["seconds"] for job in pretrain_jobs), len(pretrain_jobs),
+                  preset.pretrain_steps)  # fmt: skip
+    clock.finished(STAGE1)
+    sweeps = stage(SWEEP, sweep_jobs)
+    clock.finished(SWEEP)
+    finals = stage(STAGE2, finetune_jobs)
+    clock.finished(STAGE2)
+    evaluations = stage(EVALUATION, eval_jobs)
+    clock.finished(EVALUATION)
 
     report = write_report(
-        out, preset=preset, seeds=seed_list, zoo=zoo_record, clip_quality=clip_quality, stage1=stage1, sweeps=sweeps,
-        finals=finals, evaluations=evaluations, timings=_timings(log),
+        out, preset=preset, size=size, seeds=seed_list, zoo=zoo_record, clip_quality=clip_quality, scored=scored,
+        stage1=stage1, sweeps=sweeps, finals=finals, evaluations=evaluations,
+        timings=_timings(log, {name: [job[0] for job in jobs] for name, (jobs, _) in stages.items()}),
     )  # fmt: skip
     echo(f"[demo] report: {report}")
     echo(f"[demo] chat with the result: aligngpt chat --model {out / 'runs' / 'seed0' / ALIGNGPT} "
@@ -300,13 +332,11 @@ def _digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _timings(log: StepLog) -> dict[str, float]:
+def _timings(log: StepLog, stage_jobs: dict[str, list[str]]) -> dict[str, float]:
+    """Wall seconds per stage from ``steps.json``, counting only this run's jobs (not other seeds' or variants')."""
     return {
-        "world": log.seconds("world"),
-        "zoo": log.seconds("zoo"),
-        "score": log.seconds("score") + log.seconds("clip-quality"),
-        "stage 1 (pretrain)": log.seconds("pretrain/"),
-        "stage-1 level sweep": log.seconds("level-sweep/"),
-        "stage 2 (finetune)": log.seconds("finetune/"),
-        "evaluation": log.seconds("eval/"),
+        "world": log.steps["world"]["seconds"],
+        "zoo": log.steps["zoo"]["seconds"],
+        "score": log.steps["score"]["seconds"] + log.steps["clip-quality"]["seconds"],
+        **{name: sum(log.steps[job]["seconds"] for job in jobs) for name, jobs in stage_jobs.items()},
     }
