@@ -127,3 +127,22 @@ def test_collator_pads_right_and_passes_levels_and_cached_features(setup):
     assert "pixel_values" not in batch and torch.equal(batch["vision_features"][0], cached["red.png"])
     with pytest.raises(ValueError, match="mixes images with cached vision features"):
         TrainingCollator(processor)([sample, dataset[1]])
+
+
+def test_cached_samples_equal_fresh_ones_and_are_built_once(setup, monkeypatch):
+    root, processor = setup
+    data = write_json(root / "cached.json", pretrain_records(copies=2))
+    fresh = TrainingDataset(data, processor, "pretrain", root / "images")
+    cached = TrainingDataset(data, processor, "pretrain", root / "images", cache_samples=True)
+    first = [cached[i] for i in range(len(cached))]
+    builds = []
+    original = TrainingDataset.build_sample
+    monkeypatch.setattr(TrainingDataset, "build_sample", lambda self, record: builds.append(record) or original(
+        self, record))  # fmt: skip
+    for index, sample in enumerate(first):
+        again, expected = cached[index], fresh[index]
+        assert again is sample  # served from memory
+        assert (again.input_ids, again.labels, again.alignment_level) == (
+            expected.input_ids, expected.labels, expected.alignment_level)  # fmt: skip
+        assert torch.equal(again.pixel_values, expected.pixel_values)
+    assert len(builds) == len(first)  # only the uncached dataset built samples again

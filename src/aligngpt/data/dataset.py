@@ -85,6 +85,8 @@ class TrainingDataset(Dataset):
         on_bad_record / report_path: the bad-record policy (see ``aligngpt.data.validation``).
         vision_features: optional mapping image path -> cached vision-tower output ``[T, d_vision]``; images found
             there are neither decoded nor preprocessed.
+        cache_samples: keep every sample after it was first built (validated, tokenised) and serve it from memory
+            later: for small data sets seen for many epochs. Samples are never modified after they are built.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class TrainingDataset(Dataset):
         report_path: str | os.PathLike | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         vision_features: Mapping[str, torch.Tensor] | None = None,
+        cache_samples: bool = False,
     ):
         if stage not in ("pretrain", "finetune"):
             raise ValueError(f"unknown stage {stage!r}; expected pretrain or finetune")
@@ -126,16 +129,22 @@ class TrainingDataset(Dataset):
         self._builder = _SampleBuilder(config, self)
         self.policy = BadRecordPolicy(self._builder, on_bad_record, report_path)  # type: ignore[arg-type]
         self._lengths: list[int] | None = None
+        self._samples: dict[int, EncodedSample] | None = {} if cache_samples else None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> EncodedSample:
+        if self._samples is not None and index in self._samples:
+            return self._samples[index]
         n = len(self.records)
         for offset in range(n):
             candidate = (index + offset) % n
             if self.policy.admit(self.records, candidate) is not None:
-                return self._builder.built.pop(candidate)
+                sample = self._builder.built.pop(candidate)
+                if self._samples is not None:
+                    self._samples[index] = sample
+                return sample
         raise RuntimeError(f"{self.records.path}: no usable record left (all {n} were skipped as bad)")
 
     @property

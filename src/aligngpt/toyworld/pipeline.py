@@ -94,17 +94,31 @@ def level_sweep_job(
     return caption_level_sweep(Path(model_dir), Path(world_dir), levels, batch_size, tokens)
 
 
-def _parallel(jobs: list[tuple[Callable, tuple]], workers: int) -> Iterator[tuple[int, object]]:
-    """Run jobs in spawned worker processes, ``workers`` at a time; yields ``(job index, result)`` as each ends."""
-    if workers <= 1 or len(jobs) <= 1:
-        for index, (fn, args) in enumerate(jobs):
-            yield index, fn(*args)
-        return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(fn, *args): index for index, (fn, args) in enumerate(jobs)}
+class WorkerPool:
+    """Spawned worker processes shared by every stage of a study, so each worker imports torch and transformers
+    once rather than once per stage. With one worker (or one job) jobs run in this process."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+
+    def run(self, jobs: list[tuple[Callable, tuple]]) -> Iterator[tuple[int, object]]:
+        """Run ``jobs`` ``workers`` at a time; yields ``(job index, result)`` as each ends."""
+        if self.workers <= 1 or len(jobs) <= 1:
+            for index, (fn, args) in enumerate(jobs):
+                yield index, fn(*args)
+            return
+        if self._executor is None:
+            context = multiprocessing.get_context("spawn")
+            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        futures = {self._executor.submit(fn, *args): index for index, (fn, args) in enumerate(jobs)}
         for future in as_completed(futures):
             yield futures[future], future.result()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
 
 
 def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress: bool) -> dict:
@@ -116,6 +130,7 @@ def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress:
         # the sampler that sorts a step's samples into length-homogeneous accumulation rounds (all stages)
         "group_by_modality_length": True,
         "cache_vision_features": True,
+        "cache_samples": True,  # 4000-5000 records seen for several epochs: tokenise each once
         "precision": "fp32",
         "gradient_checkpointing": False,
         "save_steps": 10**9,
@@ -232,6 +247,8 @@ def run_demo(
         previous = log.steps.get(job_name)
         return previous is not None and previous["digest"] == job_digest(settings)
 
+    pool = WorkerPool(workers)
+
     def stage(name: str, jobs: list[tuple[str, dict, Callable, tuple]]) -> dict[str, object]:
         """Run the jobs not yet done (in parallel), record each; returns results by job name."""
         results = {}
@@ -245,7 +262,7 @@ def run_demo(
         if todo:
             echo(f"[demo] {name}: {', '.join(j[0] for j in todo)} ({min(workers, len(todo))} at a time)")
             start = last = time.perf_counter()
-            for index, result in _parallel([(fn, args) for _, _, fn, args in todo], workers):
+            for index, result in pool.run([(fn, args) for _, _, fn, args in todo]):
                 # Each finished job is recorded at once (an interrupted stage keeps it); its "seconds" is the wall
                 # time since the previous job ended, so a stage's seconds add up to its wall time.
                 job_name, settings = todo[index][:2]
@@ -300,17 +317,20 @@ def run_demo(
         PlannedStage(name, sum(not reusable(job[0], job[1]) for job in jobs), steps)
         for name, (jobs, steps) in stages.items()
     ])  # fmt: skip
-    stage1 = stage(STAGE1, pretrain_jobs)
-    # stage 1's recorded wall time (this run's, or the earlier run's for reused jobs) prices the later steps
-    clock.measure(sum(log.steps[job[0]]["seconds"] for job in pretrain_jobs), len(pretrain_jobs),
-                  preset.pretrain_steps)  # fmt: skip
-    clock.finished(STAGE1)
-    sweeps = stage(SWEEP, sweep_jobs)
-    clock.finished(SWEEP)
-    finals = stage(STAGE2, finetune_jobs)
-    clock.finished(STAGE2)
-    evaluations = stage(EVALUATION, eval_jobs)
-    clock.finished(EVALUATION)
+    try:
+        stage1 = stage(STAGE1, pretrain_jobs)
+        # stage 1's recorded wall time (this run's, or the earlier run's for reused jobs) prices the later steps
+        clock.measure(sum(log.steps[job[0]]["seconds"] for job in pretrain_jobs), len(pretrain_jobs),
+                      preset.pretrain_steps)  # fmt: skip
+        clock.finished(STAGE1)
+        sweeps = stage(SWEEP, sweep_jobs)
+        clock.finished(SWEEP)
+        finals = stage(STAGE2, finetune_jobs)
+        clock.finished(STAGE2)
+        evaluations = stage(EVALUATION, eval_jobs)
+        clock.finished(EVALUATION)
+    finally:
+        pool.close()
 
     report = write_report(
         out, preset=preset, size=size, seeds=seed_list, zoo=zoo_record, clip_quality=clip_quality, scored=scored,

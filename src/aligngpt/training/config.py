@@ -73,6 +73,11 @@ class TrainConfig:
         "Run the frozen vision tower once per image and reuse its outputs (small data sets).", False, "data"
     )
     vision_feature_cache: str | None = _opt("File for the cached vision features (default output_dir/...).")
+    cache_samples: bool = _opt(
+        "Keep each tokenised sample in memory after its first epoch (small data sets trained for many epochs).",
+        False,
+        "data",
+    )
     dataloader_num_workers: int | None = _opt("DataLoader worker processes (default 4 on GPU, 0 on CPU).")
 
     # --- optimisation -------------------------------------------------------------------------------------------

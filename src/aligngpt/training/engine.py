@@ -187,6 +187,7 @@ def train(config: TrainConfig) -> TrainResult:
         level_field=config.level_field,
         on_bad_record=config.on_bad_record,
         report_path=config.bad_record_report or output_dir / DEFAULT_BAD_RECORD_REPORT,
+        cache_samples=config.cache_samples,
     )
     if config.cache_vision_features:
         cache_path = config.vision_feature_cache or output_dir / DEFAULT_FEATURE_CACHE
