@@ -5,7 +5,7 @@ toy world's models and data, timed per optimizer step: a baseline setting agains
         [--repeats 3] [--stage pretrain|finetune|both] [--profile]
 
 Both settings run ``repeats`` times each, interleaved (A B A B ...), each run ``steps`` optimizer steps of the
-demo's batch; the step time of a run is the median of its steps after the first ``WARMUP_STEPS`` (model building,
+demo's batch; the step time of a run (CPU seconds of this process unless ``--wall``) is the median of its steps after the first ``WARMUP_STEPS`` (model building,
 feature caching and the first steps' allocations excluded). The printed ratio is median(changed) / median(base):
 below 1 the change is faster. ``--profile`` instead runs the base setting once under ``torch.profiler`` and prints
 where a step's time goes (model math, optimizer, data), the breakdown in docs/training.md.
@@ -29,18 +29,21 @@ N_PRETRAIN, N_FINETUNE = 1024, 1024
 
 
 class StepClock(TrainerCallback):
-    """Wall time of every optimizer step (from one step's end to the next)."""
+    """Time of every optimizer step (from one step's end to the next): CPU seconds of this process by default,
+    which other jobs on a shared machine disturb far less than wall time (with one torch thread they are the same on
+    an idle machine); ``wall=True`` measures wall time."""
 
-    def __init__(self) -> None:
+    def __init__(self, wall: bool = False) -> None:
+        self.clock = time.perf_counter if wall else time.process_time
         self.times: list[float] = []
         self._last: float | None = None
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self._last is None:
-            self._last = time.perf_counter()
+            self._last = self.clock()
 
     def on_step_end(self, args, state, control, **kwargs):
-        now = time.perf_counter()
+        now = self.clock()
         self.times.append(now - self._last)
         self._last = now
 
@@ -73,12 +76,15 @@ def stage_settings(paths: dict[str, Path], stage: str, steps: int, changes: dict
     return {**settings, "logging_steps": 10**6, **changes}
 
 
+WALL = False  # set by --wall
+
+
 def timed_run(settings: dict, output_dir: Path) -> list[float]:
     """Train with ``settings`` into ``output_dir``; returns the step times (seconds)."""
     from aligngpt.training import engine, trainer
     from aligngpt.training.config import resolve_config
 
-    clock = StepClock()
+    clock = StepClock(wall=WALL)
     original = trainer.AlignGPTTrainer
 
     class ClockedTrainer(original):  # type: ignore[misc, valid-type]
@@ -148,9 +154,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--wall", action="store_true", help="time wall seconds instead of CPU seconds")
     parser.add_argument("--workdir", default=None, help="keep the world, zoo and runs here (default: a temp dir)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global WALL
+    WALL = args.wall
     changes = parse_changes(args.change)
     stages = ["pretrain", "finetune"] if args.stage == "both" else [args.stage]
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +168,7 @@ def main() -> None:
         if "finetune" in stages:  # stage 2 starts from a stage-1 folder
             timed_run({**stage_settings(paths, "pretrain", 1, {}), "max_steps": 1},
                       root / "runs" / "seed0" / "aligngpt-stage1")  # fmt: skip
-        print(f"threads {torch.get_num_threads()}, change {changes or '(none)'}")
+        print(f"threads {torch.get_num_threads()}, change {changes or '(none)'}, {'wall' if WALL else 'CPU'} time")
         for stage in stages:
             if args.profile:
                 profile(paths, stage, args.steps, changes)

@@ -22,7 +22,8 @@ STAGE1_SOURCE = {ALIGNGPT: ALIGNGPT, BASELINE: BASELINE, PREFIX: PREFIX, **{a: A
 
 @dataclass(frozen=True)
 class DemoPreset:
-    """Everything the demo varies with its size. Steps are optimizer steps of ``batch_size`` samples."""
+    """Everything the demo varies with its size. Steps are optimizer steps of ``pretrain_batch_size`` (stage 1) or
+    ``finetune_batch_size`` (stage 2) samples."""
 
     n_pretrain: int
     n_finetune: int
@@ -30,7 +31,8 @@ class DemoPreset:
     zoo_size: str
     pretrain_steps: int
     finetune_steps: int
-    batch_size: int
+    pretrain_batch_size: int
+    finetune_batch_size: int
     # Micro-batch of the accumulation rounds a step is cut into. The sampler sorts a step's samples by length into
     # its rounds, so padding falls while the step's samples and gradient stay the same (2x faster stage 2 at 16).
     micro_batch_size: int = 16
@@ -38,7 +40,7 @@ class DemoPreset:
     variants: tuple[str, ...] = (ALIGNGPT, BASELINE)
     pretrain_lr: float = 1e-3
     finetune_lr: float = 1e-3
-    llm_lr_scale: float = 0.5  # stage 1 also trains the LLM at half the LR (toy recipe, see docs/toyworld.md)
+    llm_lr_scale: float = 1.0  # stage 1 also trains the LLM, at the projector's LR (toy recipe, docs/toyworld.md)
     image_pool_stride: int = 2  # 6x6 patches -> 9 image tokens
     # > 1 sorts the samples of that many steps by length: 1.6x faster steps here, but stage 2 then failed to converge
     # (docs/toyworld.md), so the presets keep the official order.
@@ -52,21 +54,21 @@ class DemoPreset:
 
 PRESETS: dict[str, DemoPreset] = {
     "smoke": DemoPreset(
-        n_pretrain=96, n_finetune=96, n_eval=6, zoo_size="smoke", pretrain_steps=3, finetune_steps=3, batch_size=8,
-        micro_batch_size=4, eval_batch_size=16, caption_tokens=12, variants=(ALIGNGPT, BASELINE, PREFIX),
-        length_group_steps=2,
+        n_pretrain=96, n_finetune=96, n_eval=6, zoo_size="smoke", pretrain_steps=3, finetune_steps=3,
+        pretrain_batch_size=8, finetune_batch_size=8, micro_batch_size=4, eval_batch_size=16, caption_tokens=12,
+        variants=(ALIGNGPT, BASELINE, PREFIX), length_group_steps=2,
     ),
-    # ``full`` needs a stage 1 long enough for the LLM to learn to read the image tokens; then a short stage 2
-    # converges (docs/toyworld.md). The default keeps that shape at the size that fits ``make demo``'s 10 minutes,
-    # which is too short to converge.
+    # Stage 1 must run long enough for the LLM to learn to read the image tokens; then a short stage 2 converges.
+    # Steps of 32 (stage 1) and 16 (stage 2) samples reach that regime with about half the samples that steps of 64
+    # needed (docs/toyworld.md, "Fewer samples to the converged regime").
     "default": DemoPreset(
-        n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=600, finetune_steps=150,
-        batch_size=64,
+        n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=1500, finetune_steps=600,
+        pretrain_batch_size=32, finetune_batch_size=16,
     ),
     # The study: 3 seeds, AlignGPT, the baseline and the paper's ablations (``prefix`` on request: --variants).
     "full": DemoPreset(
-        n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=1200, finetune_steps=300,
-        batch_size=64, seeds=3, variants=(ALIGNGPT, BASELINE, *ABLATIONS),
+        n_pretrain=4000, n_finetune=5000, n_eval=150, zoo_size="demo", pretrain_steps=1500, finetune_steps=600,
+        pretrain_batch_size=32, finetune_batch_size=16, seeds=3, variants=(ALIGNGPT, BASELINE, *ABLATIONS),
     ),
 }  # fmt: skip
 

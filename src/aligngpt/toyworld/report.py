@@ -256,8 +256,9 @@ def write_report(
         "",
         *glossary(NUM_LEVELS),
         "",
-        f"Seeds: {len(seeds)}; variants: {', '.join(preset.variants)}; stage 1 {preset.pretrain_steps} steps, stage 2 "
-        f"{preset.finetune_steps} steps, batch {preset.batch_size}; {preset.n_pretrain} pre-training captions, "
+        f"Seeds: {len(seeds)}; variants: {', '.join(preset.variants)}; stage 1 {preset.pretrain_steps} steps of "
+        f"{preset.pretrain_batch_size} samples, stage 2 {preset.finetune_steps} steps of {preset.finetune_batch_size}; "
+        f"{preset.n_pretrain} pre-training captions, "
         f"{preset.n_finetune} instruction samples, {preset.n_eval} evaluation images.",
         "",
         f"**Toy recipe note.** Stage 1 here also trains the LLM at {preset.llm_lr_scale} × the learning rate "
