@@ -60,8 +60,12 @@ def _without_worker_traceback(message: str) -> str:
 
 
 def name_file(err: OSError, path: str | os.PathLike) -> None:
-    """Give ``err`` the file name ``path`` when it has none (a failed ``write`` or ``fsync`` names no file)."""
-    if err.filename is None:
+    """Give ``err`` the file name ``path`` when it has none (a failed ``write`` or ``fsync`` names no file).
+
+    Only errors of the operating system (with an ``errno``) are named; an ``OSError`` subclass raised with a
+    message of its own (``FileNotFoundError("image ... not found")``) is left as it is.
+    """
+    if err.errno is not None and err.filename is None:
         err.filename = os.fspath(path)
 
 

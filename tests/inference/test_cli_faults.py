@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import errno
-import io
 import json
 import os
 import shutil
@@ -18,16 +16,10 @@ from typer.testing import CliRunner
 
 from aligngpt.cli import app
 from aligngpt.inference.images import ImageError, load_image
+from tests.helpers import clean_failure, fill_disk_for
 from tests.inference.conftest import REPO_ROOT
 
 MISSING_FOLDER_LIMIT_S = 5.0  # "at once": no torch import, no model load (both took ~19 s on a busy machine)
-
-
-def clean_failure(result) -> str:
-    """The output of a command that failed with a message (CliRunner keeps uncaught exceptions in ``exception``)."""
-    assert isinstance(result.exception, SystemExit), f"uncaught {result.exception!r}\n{result.output}"
-    assert result.exit_code != 0 and "Traceback" not in result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
@@ -136,43 +128,3 @@ def test_image_errors_do_not_leak_python_object_names(tiny_model, tmp_path):
 def _subprocess_env() -> dict[str, str]:
     path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO_ROOT)]))
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
-
-
-class _FullDisk:
-    """A file whose writes fail like those on a full disk (``OSError(ENOSPC)``, naming no file)."""
-
-    def __init__(self, handle):
-        self._handle = handle
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def writelines(self, lines):
-        self.write("")
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.close()
-
-
-def fill_disk_for(monkeypatch, name: str) -> None:
-    """Make appends and writes to files whose name starts with ``name`` fail with ENOSPC.
-
-    Both ``open`` and ``Path.open`` (which calls ``io.open``) are covered; files opened from a descriptor (atomic
-    writes through ``os.fdopen``) are not.
-    """
-    real_open = io.open
-
-    def fake_open(file, mode="r", *args, **kwargs):
-        handle = real_open(file, mode, *args, **kwargs)
-        if isinstance(file, (str, os.PathLike)) and Path(file).name.startswith(name) and set(mode) & set("aw"):
-            return _FullDisk(handle)
-        return handle
-
-    monkeypatch.setattr(io, "open", fake_open)
-    monkeypatch.setattr("builtins.open", fake_open)
