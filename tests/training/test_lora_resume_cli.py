@@ -162,7 +162,7 @@ def test_resume_finds_checkpoints_of_older_output_folders(tmp_path):
     assert find_resume_checkpoint(tmp_path) == legacy
 
 
-def test_resume_after_an_empty_trainer_state_falls_back_to_the_previous_checkpoint(world, tmp_path):
+def test_resume_after_an_empty_trainer_state_falls_back_to_the_previous_checkpoint(world, tmp_path, caplog):
     from aligngpt.cli import app
 
     out = tmp_path / "run"
@@ -173,5 +173,7 @@ def test_resume_after_an_empty_trainer_state_falls_back_to_the_previous_checkpoi
     again = CliRunner().invoke(app, ["train", *args, "--resume"])
     assert again.exit_code == 0, again.output
     assert "Traceback" not in again.output and "trained 4 steps" in again.output
+    assert "checkpoint-4 (trainer_state.json is empty)" in caplog.text  # the warning names what it skipped
+    assert "Loading weights" not in again.output and "Writing model shards" not in again.output  # no noise
     state = (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text()
     assert '"global_step": 4' in state  # checkpoint-4 was written again, after resuming from checkpoint-2

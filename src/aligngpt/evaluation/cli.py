@@ -36,7 +36,7 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
+    typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
 
 

@@ -76,11 +76,13 @@ def _incomplete(checkpoint: Path) -> str | None:
         return "no RNG state: the save was interrupted"
     state = checkpoint / TRAINER_STATE_NAME
     try:
-        parsed = json.loads(state.read_text(encoding="utf-8"))
+        text = state.read_text(encoding="utf-8")
+        parsed = json.loads(text)
     except FileNotFoundError:
         return f"no {TRAINER_STATE_NAME}: the save was interrupted"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return f"{TRAINER_STATE_NAME} is unreadable ({err})"
+        empty = isinstance(err, json.JSONDecodeError) and not text.strip()
+        return f"{TRAINER_STATE_NAME} is empty" if empty else f"{TRAINER_STATE_NAME} is unreadable ({err})"
     return None if isinstance(parsed, dict) else f"{TRAINER_STATE_NAME} does not hold a JSON object"
 
 
