@@ -84,8 +84,14 @@ def _eval_args(model, pope_root, out, *extra: str) -> list[str]:
 
 
 def test_eval_prints_the_headline_number_and_the_output_folder(model_dir, pope_root, tmp_path):
+    import torch
+
     out = tmp_path / "o"
-    result = CliRunner().invoke(app, _eval_args(model_dir, pope_root, out, "--threads", "1", "--dtype", "float32"))
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, _eval_args(model_dir, pope_root, out, "--threads", "1", "--dtype", "float32"))
+    finally:
+        torch.set_num_threads(threads)  # --threads is process-wide; later tests must not inherit it
     assert result.exit_code == 0, result.output
     headline = json.loads((out / "pope" / "metrics.json").read_text())["headline"]
     assert f"pope: f1_mean = {headline}" in result.output

@@ -58,7 +58,17 @@ def test_benchmark_options_are_passed_through(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["pair_by"] == "question_id"
 
 
-def test_eval_group_calls_the_runner(monkeypatch, tmp_path):
+@pytest.fixture
+def keep_torch_threads():
+    """``--threads`` sets torch's process-wide thread count; later tests must not inherit it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_eval_group_calls_the_runner(monkeypatch, tmp_path, keep_torch_threads):
     import sys
     import types
 
