@@ -172,6 +172,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Run ``config`` (already resolved, see :func:`aligngpt.training.config.resolve_config`)."""
     from aligngpt.data.collator import TrainingCollator
     from aligngpt.data.dataset import TrainingDataset
+    from aligngpt.data.records import RecordFile
     from aligngpt.training.adapter import save_stage1_adapter
     from aligngpt.training.features import load_or_compute_vision_features
     from aligngpt.training.lora import apply_lora, save_lora_adapter, strip_lora
@@ -187,6 +188,7 @@ def train(config: TrainConfig) -> TrainResult:
     if config.resume and checkpoint is None:
         logger.warning("resume: no complete checkpoint in %s; starting from the beginning", output_dir)
 
+    records = RecordFile(config.data, level_field=config.level_field)  # a broken data file fails before the model loads
     args = training_arguments(config)  # before the model: under ZeRO-3 the model is then built partitioned
     if config.deepspeed and args.world_size > 1:
         import deepspeed
@@ -205,7 +207,7 @@ def train(config: TrainConfig) -> TrainResult:
     model.language_model.config.use_cache = False
 
     dataset = TrainingDataset(
-        config.data,
+        records,
         processor,
         recipe.stage,
         config.image_root,
