@@ -23,7 +23,7 @@ from pathlib import Path
 from aligngpt.errors import UserError
 
 HUB_LOOKUP_TIMEOUT_S = 10.0
-SAFETENSORS_INDEX_SUFFIX = ".safetensors.index.json"
+WEIGHTS_INDEX_SUFFIX = ".index.json"  # model.safetensors.index.json, pytorch_model.bin.index.json
 _SAFETENSORS_LENGTH_BYTES = 8  # little-endian u64 header length, then the JSON header, then the tensor data
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format; older pickled .bin files are not checked
 
@@ -78,13 +78,13 @@ def _hub_problem(name: str) -> str | None:
 def verify_model_folder(folder: str | os.PathLike) -> None:
     """Raise :class:`DamagedModelError` naming the first truncated or damaged file of a local model folder.
 
-    JSON files must parse; every ``*.safetensors`` file must be as long as its header says; every shard an index
-    lists must exist; zip-format ``*.bin`` files must have their central directory (a truncated one has not).
+    JSON files must parse; every shard a ``*.index.json`` lists must exist; every ``*.safetensors`` file must be as
+    long as its header says; zip-format ``*.bin`` files must have their central directory (a truncated one has not).
     """
     folder = Path(folder)
     for path in sorted(folder.glob("*.json")):
         _check_json(path)
-    for index in sorted(folder.glob(f"*{SAFETENSORS_INDEX_SUFFIX}")):
+    for index in sorted(folder.glob(f"*{WEIGHTS_INDEX_SUFFIX}")):
         weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
         for shard in sorted(set(weight_map.values())):
             if not (folder / shard).is_file():
