@@ -50,9 +50,15 @@ def evaluate(
     ),
     out: Path = typer.Option(None, "--out", help=f"Output folder (answers, metrics, submission files). {REQUIRED}"),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Generation batch size."),
-    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N questions per benchmark."),
+    limit: int = typer.Option(
+        None, "--limit", min=1, help="Only the first N questions per benchmark. " + escape("[default: all]")
+    ),
     max_new_tokens: int = typer.Option(
-        None, "--max-new-tokens", min=1, help="Override the benchmarks' official answer lengths (smoke runs only)."
+        None,
+        "--max-new-tokens",
+        min=1,
+        help="Override the benchmarks' official answer lengths (smoke runs only). "
+        + escape("[default: each benchmark's]"),
     ),
     judge_base_url: str = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpoint for GPT judging."),
     judge_model: str = typer.Option(None, "--judge-model", help="Judge model (default: the official one)."),
