@@ -1,8 +1,11 @@
-"""Shared test helpers: fixture paths, tiny model builders and hooks."""
+"""Shared test helpers: fixture paths, tiny model builders, hooks, and checks of failing commands."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
+import os
 from pathlib import Path
 
 import torch
@@ -173,3 +176,50 @@ def tiny_model_dir(path: Path, vision: str = "clip", llm: str = "llama", **confi
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def clean_failure(result) -> str:
+    """The output of a command that failed with a message (CliRunner keeps uncaught exceptions in ``exception``)."""
+    assert isinstance(result.exception, SystemExit), f"uncaught {result.exception!r}\n{result.output}"
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    return result.output
+
+
+class _FullDisk:
+    """A file whose writes fail like those on a full disk (``OSError(ENOSPC)``, naming no file)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def writelines(self, lines):
+        self.write("")
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+
+
+def fill_disk_for(monkeypatch, name: str) -> None:
+    """Make appends and writes to files whose name starts with ``name`` fail with ENOSPC.
+
+    Both ``open`` and ``Path.open`` (which calls ``io.open``) are covered; files opened from a descriptor (atomic
+    writes through ``os.fdopen``) are not.
+    """
+    real_open = io.open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, (str, os.PathLike)) and Path(file).name.startswith(name) and set(mode) & set("aw"):
+            return _FullDisk(handle)
+        return handle
+
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr("builtins.open", fake_open)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from aligngpt.cli import app
 from aligngpt.evaluation.runner import ANSWERS_FILE, read_answered, run_evaluation
-from tests.helpers import FIXTURES, tiny_model_dir
+from tests.helpers import FIXTURES, clean_failure, fill_disk_for, tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +76,46 @@ def test_eval_cli_names_a_missing_image(model_dir, pope_root, tmp_path):
     assert name in result.output and "kept" in result.output  # a clear message, not a traceback
     # the answers before the missing image were kept
     assert len(read_answered(tmp_path / "o" / "pope" / ANSWERS_FILE)) == first_new
+
+
+def _eval_args(model, pope_root, out, *extra: str) -> list[str]:
+    return ["eval", "--model", str(model), "--benchmark", "pope", "--data-dir", str(pope_root), "--out", str(out),
+            "--batch-size", "2", "--limit", "4", "--max-new-tokens", "2", *extra]  # fmt: skip
+
+
+def test_eval_prints_the_headline_number_and_the_output_folder(model_dir, pope_root, tmp_path):
+    import torch
+
+    out = tmp_path / "o"
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, _eval_args(model_dir, pope_root, out, "--threads", "1", "--dtype", "float32"))
+    finally:
+        torch.set_num_threads(threads)  # --threads is process-wide; later tests must not inherit it
+    assert result.exit_code == 0, result.output
+    headline = json.loads((out / "pope" / "metrics.json").read_text())["headline"]
+    assert f"pope: f1_mean = {headline}" in result.output
+    assert f"results written to {out}" in result.output
+
+
+def test_a_full_disk_during_eval_names_the_answer_file(model_dir, pope_root, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    fill_disk_for(monkeypatch, ANSWERS_FILE)
+    output = clean_failure(CliRunner().invoke(app, _eval_args(model_dir, pope_root, out)))
+    assert f"no space left on device while writing {out / 'pope' / ANSWERS_FILE}" in output
+
+
+def test_eval_names_truncated_weights(model_dir, pope_root, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model_dir, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    output = clean_failure(CliRunner().invoke(app, _eval_args(damaged, pope_root, tmp_path / "o")))
+    assert f"{weights} is truncated" in output
+
+
+def test_eval_names_an_undecodable_image(model_dir, pope_root, tmp_path):
+    first = json.loads((pope_root / "pope" / "llava_pope_test.jsonl").read_text().splitlines()[0])
+    (pope_root / "pope" / "val2014" / first["image"]).write_bytes(b"not a picture")
+    output = clean_failure(CliRunner().invoke(app, _eval_args(model_dir, pope_root, tmp_path / "o")))
+    assert first["image"] in output and "not a recognised image format" in output and "0x" not in output

@@ -58,19 +58,63 @@ def test_benchmark_options_are_passed_through(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["pair_by"] == "question_id"
 
 
-def test_eval_group_calls_the_runner(monkeypatch, tmp_path):
+@pytest.fixture
+def keep_torch_threads():
+    """``--threads`` sets torch's process-wide thread count; later tests must not inherit it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_eval_group_calls_the_runner(monkeypatch, tmp_path, keep_torch_threads):
     import sys
     import types
 
     calls = []
+
+    def run_evaluation(**kwargs):
+        calls.append(kwargs)
+        return {"pope": {"headline": 0.875}, "mm_vet": {"headline": 31.5}}
+
     runner = types.ModuleType("aligngpt.evaluation.runner")
-    runner.run_evaluation = lambda **kwargs: calls.append(kwargs)
+    runner.run_evaluation, runner.SUMMARY_FILE = run_evaluation, "summary.md"
     monkeypatch.setitem(sys.modules, "aligngpt.evaluation.runner", runner)
+    model = tmp_path / "m"
+    model.mkdir()
     result = CliRunner().invoke(
         app,
-        ["eval", "--model", "m", "--benchmark", "POPE,mm-vet", "--data-dir", str(tmp_path), "--out", str(tmp_path),
-         "--batch-size", "4", "--limit", "3"],
+        ["eval", "--model", str(model), "--benchmark", "POPE,mm-vet", "--data-dir", str(tmp_path), "--out",
+         str(tmp_path), "--batch-size", "4", "--limit", "3", "--template", "vicuna_v1_nosys", "--dtype", "bfloat16",
+         "--device", "cpu", "--threads", "1"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert calls == [{"model": "m", "benchmarks": ["pope", "mm_vet"], "data_dir": tmp_path, "out_dir": tmp_path,
-                      "batch_size": 4, "limit": 3, "max_new_tokens": None}]  # fmt: skip
+    assert calls == [{"model": str(model), "benchmarks": ["pope", "mm_vet"], "data_dir": tmp_path,
+                      "out_dir": tmp_path, "batch_size": 4, "limit": 3, "max_new_tokens": None,
+                      "dtype": "bfloat16", "device": "cpu", "template": "vicuna_v1_nosys"}]  # fmt: skip
+    # success prints the headline numbers and where the results are, as `eval score` does
+    assert "pope: f1_mean = 0.875" in result.output and "mm_vet: total = 31.5" in result.output
+    assert f"results written to {tmp_path}" in result.output
+
+
+def test_eval_refuses_an_unknown_template_or_dtype_before_loading(tmp_path):
+    common = ["eval", "--model", str(tmp_path), "--benchmark", "pope", "--data-dir", str(tmp_path), "--out",
+              str(tmp_path)]  # fmt: skip
+    bad_template = CliRunner().invoke(app, [*common, "--template", "nope"])
+    assert bad_template.exit_code == 2 and "Unknown chat template 'nope'" in bad_template.output
+    bad_dtype = CliRunner().invoke(app, [*common, "--dtype", "float8"])
+    assert bad_dtype.exit_code == 2 and "--dtype" in bad_dtype.output
+
+
+def test_eval_help_marks_required_options_and_shows_defaults():
+    lines = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "200"}).output.splitlines()
+
+    def row(option: str) -> str:
+        return next(line for line in lines if f" {option} " in line)
+
+    for option in ("--model", "--benchmark", "--data-dir", "--out"):
+        assert "[required]" in row(option), option
+    assert "[required]" not in row("--batch-size") and "[default: 1]" in row("--batch-size")
+    for option in ("--dtype", "--device", "--threads", "--template"):
+        assert row(option)

@@ -131,3 +131,36 @@ def test_predict_command(tiny_model, question_set, tmp_path):
     assert len(_lines(out)) == 5 and _lines(out)[0]["model_id"] == tiny_model.name
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "0 answered now, 5 already answered" in again.output
+
+
+def test_predict_prints_no_startup_noise(tiny_model, question_set, tmp_path):
+    """No deprecation warning from the image processor and no per-tensor weight-loading progress bars."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.inference.conftest import REPO_ROOT
+
+    questions_path, images, _ = question_set
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO_ROOT)]))}  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "aligngpt.cli",
+        "predict",
+        "--model",
+        str(tiny_model),
+        "--questions",
+        str(questions_path),
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "a.jsonl"),
+        "--max-new-tokens",
+        "2",
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for noise in ("use_fast", "deprecated", "Loading weights"):
+        assert noise not in done.stderr, done.stderr

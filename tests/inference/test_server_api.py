@@ -233,6 +233,34 @@ def test_body_size_limit(pipeline):
         assert small.post(URL, json=body([{"role": "user", "content": "fits"}])).status_code == 200
 
 
+def test_client_leaving_mid_body_is_logged_in_one_line_without_a_traceback(pipeline, caplog):
+    """Drive the ASGI app directly: the body stops half-way and the client disconnects."""
+    import asyncio
+    import logging
+
+    app = create_app(pipeline, ServerConfig(model_name=MODEL))
+    incoming = [{"type": "http.request", "body": b'{"messages": [', "more_body": True}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": URL, "raw_path": URL.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+    }  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="aligngpt.serve"):
+        asyncio.run(app(scope, receive, send))  # before the fix: ClientDisconnect escaped (uvicorn logs a traceback)
+    assert [record.exc_info for record in caplog.records] == [None]
+    assert "disconnected before sending the whole request" in caplog.records[0].getMessage()
+    assert sent[0]["type"] == "http.response.start"
+
+
 def test_prompt_token_limit(pipeline, red_data_url):
     with TestClient(create_app(pipeline, ServerConfig(model_name=MODEL, max_prompt_tokens=40))) as limited:
         response = limited.post(URL, json=body([image_message(red_data_url)]))  # image alone is 16 + 1 positions

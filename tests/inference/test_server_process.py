@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.inference.conftest import SERVED_MODEL, data_url, png_bytes
 
 REQUEST_TIMEOUT_S = 60
 CANCEL_TIMEOUT_S = 10
+LOG_SETTLE_S = 2.0
 BROWSER_TIMEOUT_MS = 60_000
 MODEL = SERVED_MODEL
 CHROMIUM_ARGS = [
@@ -104,6 +106,19 @@ def test_disconnected_stream_frees_its_row(server):
         assert time.monotonic() < deadline, health
         time.sleep(0.1)
     assert health["running"] == 0
+
+
+def test_client_leaving_mid_body_leaves_no_traceback_in_the_log(server, served):
+    with socket.create_connection(("127.0.0.1", served.port)) as raw:
+        raw.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"messages": ['
+        )
+    deadline = time.monotonic() + LOG_SETTLE_S  # before the fix the traceback was in the log within 0.1 s
+    while time.monotonic() < deadline:
+        assert "Traceback" not in served.log.read_text()
+        time.sleep(0.1)
+    assert httpx.get(f"{server}/health").status_code == 200
 
 
 def test_openai_client_against_real_server(server):

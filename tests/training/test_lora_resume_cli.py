@@ -56,10 +56,11 @@ def test_lora_finetune_then_merge_generates_the_same_tokens(world, tmp_path):
 
 
 def _resume_settings(world, out: Path, **extra) -> dict:
-    return quick_settings(
+    settings = dict(
         recipe="finetune", data=str(world["finetune"]), image_root=str(world["images"]), output_dir=str(out),
-        model=str(world["model"]), learning_rate=1e-3, max_steps=8, save_steps=2, **extra,
+        model=str(world["model"]), learning_rate=1e-3, max_steps=8, save_steps=2,
     )  # fmt: skip
+    return quick_settings(**{**settings, **extra})
 
 
 def _train_cli(world, out: Path, **extra) -> list[str]:
@@ -86,7 +87,7 @@ def test_kill_9_then_resume_ends_with_the_same_weights(world, tmp_path):
     process = subprocess.Popen(_train_cli(world, killed), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 120
-    while not (killed / "checkpoint-4" / "trainer_state.json").exists():
+    while not (killed / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
         assert process.poll() is None and time.monotonic() < deadline, "training ended before the kill"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
@@ -140,11 +141,39 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     from aligngpt.training.engine import find_resume_checkpoint
 
     assert find_resume_checkpoint(tmp_path / "absent") is None
-    for step, complete in ((2, True), (10, True), (12, False)):
-        folder = tmp_path / f"checkpoint-{step}"
-        folder.mkdir()
+    checkpoints = tmp_path / "checkpoints"
+    for step, state in ((2, "{}"), (10, "{}"), (12, None), (14, ""), (16, "{trunc")):
+        folder = checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
         (folder / "rng_state.pth").write_bytes(b"")
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-x").mkdir()
-    assert find_resume_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+        if state is not None:  # 12: killed before trainer_state.json; 14: disk full; 16: torn
+            (folder / "trainer_state.json").write_text(state)
+    (checkpoints / "checkpoint-x").mkdir()
+    assert find_resume_checkpoint(tmp_path) == checkpoints / "checkpoint-10"
+
+
+def test_resume_finds_checkpoints_of_older_output_folders(tmp_path):
+    from aligngpt.training.engine import find_resume_checkpoint
+
+    legacy = tmp_path / "checkpoint-4"
+    legacy.mkdir()
+    (legacy / "rng_state.pth").write_bytes(b"")
+    (legacy / "trainer_state.json").write_text("{}")
+    assert find_resume_checkpoint(tmp_path) == legacy
+
+
+def test_resume_after_an_empty_trainer_state_falls_back_to_the_previous_checkpoint(world, tmp_path, caplog):
+    from aligngpt.cli import app
+
+    out = tmp_path / "run"
+    args = _train_cli(world, out, max_steps=4)[3:]  # the flags, after "python -m aligngpt.training"
+    first = CliRunner().invoke(app, ["train", *args])
+    assert first.exit_code == 0, first.output
+    (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text("")  # a full disk at the last save
+    again = CliRunner().invoke(app, ["train", *args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "Traceback" not in again.output and "trained 4 steps" in again.output
+    assert "checkpoint-4 (trainer_state.json is empty)" in caplog.text  # the warning names what it skipped
+    assert "Loading weights" not in again.output and "Writing model shards" not in again.output  # no noise
+    state = (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text()
+    assert '"global_step": 4' in state  # checkpoint-4 was written again, after resuming from checkpoint-2

@@ -61,12 +61,22 @@ def test_pretrain_writes_adapter_in_both_layouts_and_checkpoints_hold_the_level_
     ours = read_stage1_adapter(out / OUR_ADAPTER)
     assert set(ours) == ADAPTER_KEYS | {"alignment.level_embeddings"}
     assert all(torch.equal(ours[key], weights[key]) for key in ours)
-    checkpoint = _weights(out / "checkpoint-3")
+    checkpoint = _weights(out / "checkpoints" / "checkpoint-3")
     assert "alignment.level_embeddings" in checkpoint
     assert not torch.equal(checkpoint["alignment.level_embeddings"], weights["alignment.level_embeddings"])
     saved = yaml.safe_load((out / RESOLVED_CONFIG_NAME).read_text())
     assert saved["recipe"] == "pretrain" and saved["learning_rate"] == 1e-2 and saved["template"] == "plain"
     assert (out / "aligngpt_processor.json").is_file()
+
+
+def test_the_final_model_folder_holds_no_trainer_leftovers(stage1):
+    out = stage1.output_dir
+    assert sorted(path.name for path in out.iterdir()) == [
+        "aligngpt_processor.json", "checkpoints", "config.json", "generation_config.json", "mm_projector_align.bin",
+        "model.safetensors", "preprocessor_config.json", "stage1_adapter.safetensors", "tokenizer.json",
+        "tokenizer_config.json", "train_config.yaml", "trainer_state.json",
+    ]  # fmt: skip
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
 
 
 def test_finetune_continues_stage1_and_freezes_level_table(stage1, stage2):

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from aligngpt.config import ALIGNMENT_TOKEN_ID, IMAGE_TOKEN_ID, AlignGPTConfig
+from aligngpt.errors import UserError
 from aligngpt.modeling import IGNORE_INDEX, AlignGPTForConditionalGeneration
 from aligngpt.processing import AlignGPTProcessor, load_image_processor, load_tokenizer
 
@@ -42,7 +43,7 @@ _MM_FIELDS = (
 )  # fmt: skip
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """An official checkpoint could not be converted; the message names the file or keys."""
 
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from aligngpt.errors import name_file
+
 _OUTPUT_MODE = 0o644  # mkstemp creates 0600; outputs get ordinary permissions
 
 
@@ -30,9 +32,11 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            name_file(err, target)  # a failed write names no file; say which output it was
         raise
     _fsync_dir(target.parent)
 

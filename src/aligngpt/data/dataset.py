@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from aligngpt.data.constants import DEFAULT_LEVEL_FIELD, DEFAULT_MAX_PIXELS, DEFAULT_NUM_LEVELS, IMAGE_TOKEN
 from aligngpt.data.images import ImageLoadError, load_image
 from aligngpt.data.problems import Problem, ProblemKind
-from aligngpt.data.records import Record, RecordFile
+from aligngpt.data.records import DataFileError, Record, RecordFile
 from aligngpt.data.sampler import word_count_length
 from aligngpt.data.validation import BadRecordPolicy, RecordValidator, ValidationConfig
 from aligngpt.processing import AlignGPTProcessor, EncodedSample
@@ -145,7 +145,10 @@ class TrainingDataset(Dataset):
                 if self._samples is not None:
                     self._samples[index] = sample
                 return sample
-        raise RuntimeError(f"{self.records.path}: no usable record left (all {n} were skipped as bad)")
+        raise DataFileError(
+            f"{self.records.path}: no usable record left (all {n} were skipped as bad; "
+            f"see {self.policy.report_path or 'the bad-record report'})"
+        )
 
     @property
     def skipped(self) -> int:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -15,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from aligngpt.data.constants import DEFAULT_MAX_PIXELS
 from aligngpt.data.problems import ProblemKind
+from aligngpt.errors import UserError
 
 DEFAULT_BACKGROUND = (255, 255, 255)  # what transparent pixels are composited onto
 _UINT8_MAX = 255
@@ -22,9 +24,10 @@ _UINT16_MAX = 65535
 _UINT16_TO_UINT8 = _UINT16_MAX / _UINT8_MAX  # 257: maps 0..65535 exactly onto 0..255
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 _PIL_LIMIT_LOCK = threading.Lock()
+_FILE_OBJECT_REPR = re.compile(r"\s*<_io\.\w+ (object at 0x[0-9a-fA-F]+|name=[^>]*)>")
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(UserError):
     """Base class; ``kind`` says which record problem this is."""
 
     kind: ProblemKind = ProblemKind.CORRUPT_IMAGE
@@ -48,6 +51,13 @@ class CorruptImageError(ImageLoadError):
 
 class ImageTooLargeError(ImageLoadError):
     kind = ProblemKind.IMAGE_TOO_LARGE
+
+
+def pil_error_text(err: BaseException) -> str:
+    """PIL's message without the ``<_io.BytesIO object at 0x...>`` it puts in for images decoded from memory."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not a recognised image format (corrupt, or not an image)"
+    return _FILE_OBJECT_REPR.sub("", str(err)).strip() or type(err).__name__
 
 
 def resolve_image_path(root: str | os.PathLike[str], relative: str, *, allow_symlink_escape: bool = False) -> Path:

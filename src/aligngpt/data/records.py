@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from aligngpt.data.constants import DEFAULT_LEVEL_FIELD
 from aligngpt.data.problems import Problem, ProblemKind, RecordFormatError
+from aligngpt.errors import UserError
 
 HUMAN, GPT = "human", "gpt"
 FileFormat = Literal["json", "jsonl"]
@@ -32,7 +33,7 @@ _SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
 _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 
 
-class DataFileError(ValueError):
+class DataFileError(UserError, ValueError):
     """The data file is not valid JSON / JSON Lines; the message names the file, line and column."""
 
 

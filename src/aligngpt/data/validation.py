@@ -26,6 +26,7 @@ from aligngpt.data.constants import DEFAULT_MAX_PIXELS, DEFAULT_NUM_LEVELS, IMAG
 from aligngpt.data.images import ImageLoadError, load_image
 from aligngpt.data.problems import Problem, ProblemKind, RecordFormatError
 from aligngpt.data.records import GPT, HUMAN, Record, RecordFile
+from aligngpt.errors import UserError
 
 Stage = Literal["pretrain", "finetune"]
 OnBadRecord = Literal["error", "skip"]
@@ -89,12 +90,16 @@ class RecordReport:
         }
 
 
-class BadRecordError(ValueError):
-    """Raised by the "error" policy on the first bad record."""
+class BadRecordError(UserError, ValueError):
+    """Raised by the "error" policy on the first bad record.
 
-    def __init__(self, report: RecordReport):
-        self.report = report
-        super().__init__(report.describe())
+    ``report`` is ``None`` when the error was rebuilt from its message alone (a DataLoader worker's error is
+    re-raised in the main process as ``BadRecordError(message)``).
+    """
+
+    def __init__(self, report: RecordReport | str):
+        self.report = report if isinstance(report, RecordReport) else None
+        super().__init__(report if isinstance(report, str) else report.describe())
 
 
 class RecordValidator:

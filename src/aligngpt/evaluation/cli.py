@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
+
+from aligngpt.inference.cli import DeviceOption, DtypeOption, TemplateOption, ThreadsOption, check_model_options
 
 eval_app = typer.Typer(
     help="Evaluate on the 12 AlignGPT benchmarks (official LLaVA-1.5 protocol).",
@@ -15,6 +18,7 @@ eval_app = typer.Typer(
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+REQUIRED = escape("[required]")  # shown in --help; not enforced by click, so that `eval score` works without them
 
 
 def _parse_options(pairs: list[str]) -> dict:
@@ -32,24 +36,36 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
+    typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
 
 
 @eval_app.callback(invoke_without_command=True)
 def evaluate(
     ctx: typer.Context,
-    model: str = typer.Option(None, "--model", help="Model folder or hub id to evaluate."),
-    benchmark: str = typer.Option(None, "--benchmark", help="Benchmark name(s), comma-separated."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Root of the LLaVA eval data (playground/data/eval)."),
-    out: Path = typer.Option(None, "--out", help="Output folder (answers, metrics, submission files)."),
+    model: str = typer.Option(None, "--model", help=f"Model folder or hub id to evaluate. {REQUIRED}"),
+    benchmark: str = typer.Option(None, "--benchmark", help=f"Benchmark name(s), comma-separated. {REQUIRED}"),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help=f"Root of the LLaVA eval data (playground/data/eval). {REQUIRED}"
+    ),
+    out: Path = typer.Option(None, "--out", help=f"Output folder (answers, metrics, submission files). {REQUIRED}"),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Generation batch size."),
-    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N questions per benchmark."),
+    limit: int = typer.Option(
+        None, "--limit", min=1, help="Only the first N questions per benchmark. " + escape("[default: all]")
+    ),
     max_new_tokens: int = typer.Option(
-        None, "--max-new-tokens", min=1, help="Override the benchmarks' official answer lengths (smoke runs only)."
+        None,
+        "--max-new-tokens",
+        min=1,
+        help="Override the benchmarks' official answer lengths (smoke runs only). "
+        + escape("[default: each benchmark's]"),
     ),
     judge_base_url: str = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpoint for GPT judging."),
     judge_model: str = typer.Option(None, "--judge-model", help="Judge model (default: the official one)."),
+    template: TemplateOption = None,
+    dtype: DtypeOption = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Generate answers with MODEL on each benchmark, then score them (or use a subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -60,6 +76,7 @@ def evaluate(
         raise typer.Exit(0)
     if any(v is None for v in given):
         raise _fail("--model, --benchmark, --data-dir and --out are all required", EXIT_USAGE)
+    check_model_options(model, dtype, template)
     from aligngpt.evaluation.benchmarks import UnknownBenchmarkError, canonical_name
 
     try:
@@ -75,15 +92,33 @@ def evaluate(
     from aligngpt.evaluation.io import BadRecordError, MissingDataError
     from aligngpt.evaluation.judge import JudgeError, OpenAIJudge
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     extra = {"max_new_tokens": max_new_tokens}
     if judge_base_url:
         extra["judge"] = OpenAIJudge(judge_base_url, model=judge_model)
     try:
-        run_evaluation(
-            model=model, benchmarks=names, data_dir=data_dir, out_dir=out, batch_size=batch_size, limit=limit, **extra
-        )
+        all_metrics = run_evaluation(
+            model=model, benchmarks=names, data_dir=data_dir, out_dir=out, batch_size=batch_size, limit=limit,
+            dtype=dtype, device=device, template=template, **extra,
+        )  # fmt: skip
     except (MissingDataError, BadRecordError, JudgeError, FileNotFoundError) as err:
         raise _fail(f"{err} (answers generated so far are kept under {out}; rerun to continue)") from err
+    from aligngpt.evaluation.benchmarks import get_benchmark
+    from aligngpt.evaluation.runner import SUMMARY_FILE
+
+    for name, metrics in all_metrics.items():
+        _echo_headline(name, get_benchmark(name).headline_key, metrics)
+    typer.echo(f"results written to {out} (summary: {Path(out) / SUMMARY_FILE})")
+
+
+def _echo_headline(name: str, headline_key: str, metrics: dict) -> None:
+    """``name: key = value`` for one benchmark's metrics, then its warnings on stderr."""
+    typer.echo(f"{name}: {headline_key} = {metrics.get('headline')}")
+    for warning in metrics.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @eval_app.command("score")
@@ -118,9 +153,7 @@ def score(
         metrics = bench.score(data_dir, predictions, out, judge=judge)
     except (MissingDataError, BadRecordError, JudgeError) as err:
         raise _fail(str(err)) from err
-    typer.echo(f"{bench.name}: {bench.headline_key} = {metrics.get('headline')}")
-    for warning in metrics.get("warnings", []):
-        typer.echo(f"warning: {warning}", err=True)
+    _echo_headline(bench.name, bench.headline_key, metrics)
     typer.echo(f"metrics written to {Path(out) / 'metrics.json'}")
 
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aligngpt.errors import UserError
 
-class MissingDataError(FileNotFoundError):
+
+class MissingDataError(UserError, FileNotFoundError):
     """A benchmark data file is missing; the message names what and where it was expected."""
 
 
-class BadRecordError(ValueError):
+class BadRecordError(UserError, ValueError):
     """A record of a data or predictions file is malformed; the message names the file and line."""
 
 

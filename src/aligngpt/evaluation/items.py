@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import uuid
 from dataclasses import dataclass, field
@@ -38,18 +39,28 @@ class EvalItem:
     def open_image(self, convert_rgb: bool = True):
         """Open the item's image as a ``PIL.Image`` (``None`` for text-only items).
 
-        Raises ``FileNotFoundError`` naming the path when the image file is missing.
+        Raises ``FileNotFoundError`` naming the path when the image file is missing, and
+        :class:`~aligngpt.data.images.CorruptImageError` naming the question when it cannot be decoded.
         """
         from PIL import Image
 
-        if "image_base64" in self.meta:
-            image = Image.open(io.BytesIO(base64.b64decode(self.meta["image_base64"])))
-        elif self.image is None:
+        from aligngpt.data.images import CorruptImageError, pil_error_text
+
+        if self.image is None and "image_base64" not in self.meta:
             return None
-        else:
-            if not Path(self.image).exists():
-                raise FileNotFoundError(f"image for question {self.question_id!r} not found: {self.image}")
-            image = Image.open(self.image)
+        if self.image is not None and "image_base64" not in self.meta and not Path(self.image).exists():
+            raise FileNotFoundError(f"image for question {self.question_id!r} not found: {self.image}")
+        source = "its base64 image" if "image_base64" in self.meta else self.image
+        try:
+            if "image_base64" in self.meta:
+                image = Image.open(io.BytesIO(base64.b64decode(self.meta["image_base64"])))
+            else:
+                image = Image.open(self.image)
+            image.load()
+        except (binascii.Error, OSError, SyntaxError, ValueError) as err:
+            raise CorruptImageError(
+                f"image of question {self.question_id!r} ({source}) cannot be decoded: {pil_error_text(err)}"
+            ) from None
         return image.convert("RGB") if convert_rgb else image
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from aligngpt.errors import UserError
 from aligngpt.evaluation.io import write_json_atomic
 
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -24,7 +25,7 @@ RETRY_BASE_DELAY_S = 2.0
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     """The judge endpoint could not answer (after retries) or answered in an unexpected format."""
 
 

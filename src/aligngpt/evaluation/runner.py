@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from aligngpt.errors import writing
 from aligngpt.evaluation.benchmarks import get_benchmark
 from aligngpt.evaluation.benchmarks.base import Benchmark
 from aligngpt.evaluation.io import write_json_atomic, write_text_atomic
@@ -18,6 +19,7 @@ from aligngpt.evaluation.items import EvalItem, answer_record
 
 ANSWERS_FILE = "answers.jsonl"
 RESULTS_FILE = "results.json"
+SUMMARY_FILE = "summary.md"
 RUN_FILE = "answers.run.json"  # which model and settings wrote answers.jsonl
 STALE_ANSWERS_FILE = "answers.stale.jsonl"
 _DATA_SUFFIXES = (".json", ".jsonl", ".tsv", ".csv", ".txt", ".xlsx")
@@ -112,6 +114,7 @@ def generate_answers(
     settings = GenerationSettings(max_new_tokens=max_new_tokens or bench.max_new_tokens, temperature=0.0)
     answers_path.parent.mkdir(parents=True, exist_ok=True)
     with (
+        writing(answers_path),
         answers_path.open("a") as handle,
         tqdm(total=len(items), initial=len(items) - len(todo), desc=bench.name, unit="q") as progress,
     ):
@@ -203,7 +206,7 @@ def run_evaluation(
             "metrics": metrics,
         }
         write_json_atomic(bench_out / RESULTS_FILE, results)
-    write_text_atomic(out_dir / "summary.md", summary_markdown(all_metrics, model_id))
+    write_text_atomic(out_dir / SUMMARY_FILE, summary_markdown(all_metrics, model_id))
     return all_metrics
 
 

@@ -15,7 +15,9 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", help="Model folder (o
 TemplateOption = Annotated[
     str | None, typer.Option(help="Chat template; default: the model config's (vicuna_v1 for official checkpoints).")
 ]
-DtypeOption = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: float32 on CPU).")]
+DtypeOption = Annotated[
+    str | None, typer.Option(help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU).")
+]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda when available).")]
 VisionTowerOption = Annotated[
     str | None, typer.Option(help="Official checkpoints only: vision tower folder overriding mm_vision_tower.")
@@ -24,6 +26,23 @@ ThreadsOption = Annotated[
     int | None, typer.Option(min=1, help="CPU threads for torch (1 is often fastest on a busy machine).")
 ]
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_model_options(model: str, dtype: str | None, template: str | None) -> None:
+    """Refuse a missing model folder, an unknown dtype or template before the model (or torch) is loaded."""
+    from aligngpt.model_files import check_model_source
+
+    check_model_source(model)
+    if dtype is not None and dtype not in DTYPES:
+        raise typer.BadParameter(f"expected one of {', '.join(DTYPES)}", param_hint="--dtype")
+    if template is not None:
+        from aligngpt.processing.templates import get_template
+
+        try:
+            get_template(template)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--template") from None
 
 
 def _load(
@@ -36,13 +55,16 @@ def _load(
 ):
     import torch
 
+    from aligngpt.errors import describe_user_error
     from aligngpt.inference.pipeline import load
 
     if threads:
         torch.set_num_threads(threads)
     try:
         return load(model, dtype=dtype, device=device, template=template, vision_tower=vision_tower)
-    except (OSError, ValueError) as err:
+    except OSError as err:  # transformers reports folders and hub ids it cannot load as OSError
+        if describe_user_error(err) is not None:
+            raise
         raise typer.BadParameter(f"cannot load {model}: {err}", param_hint="--model") from err
 
 
@@ -64,6 +86,7 @@ def chat(
     threads: ThreadsOption = None,
 ) -> None:
     """Chat about an image in the terminal; answers stream as they are generated. /help lists commands."""
+    check_model_options(model, dtype, template)
     from aligngpt.inference.chat import ChatSession, ImageChoice, run_chat
     from aligngpt.inference.images import ImageError, load_image
     from aligngpt.inference.pipeline import GenerationSettings
@@ -111,6 +134,7 @@ def predict(
     threads: ThreadsOption = None,
 ) -> None:
     """Answer a question file in batches; resumable, written atomically."""
+    check_model_options(model, dtype, template)
     from aligngpt.inference.pipeline import GenerationSettings
     from aligngpt.inference.predict import predict_file, read_questions
 
@@ -158,6 +182,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, /health) with a web page at /."""
+    check_model_options(model, dtype, template)
     import uvicorn
 
     from aligngpt.inference.server import ServerConfig, create_app

@@ -18,6 +18,9 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
+from aligngpt.data.images import pil_error_text
+from aligngpt.errors import UserError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -32,7 +35,7 @@ _HTTP_BAD_REQUEST = 400
 _HTTP_TOO_LARGE = 413
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image could not be used. ``status`` is the HTTP status a server should answer with."""
 
     def __init__(self, message: str, code: str, status: int = _HTTP_BAD_REQUEST):
@@ -78,7 +81,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str 
     except Image.DecompressionBombError as err:
         raise ImageError(f"{source}: {err}", "image_too_large") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{source} could not be decoded as an image ({err})", "invalid_image") from err
+        raise ImageError(f"{source} could not be decoded as an image ({pil_error_text(err)})", "invalid_image") from err
 
 
 def decode_data_url(url: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from aligngpt.config import parse_alignment_mode
+from aligngpt.model_files import check_model_source, verify_model_folder, without_weight_progress_bars
 from aligngpt.modeling import AlignGPTForConditionalGeneration
 from aligngpt.processing import IMAGE_PLACEHOLDER, AlignGPTProcessor, ChatTemplate, get_template
 
@@ -263,6 +264,9 @@ def load(
 ) -> AlignGPTPipeline:
     """Load a model folder (ours, or an official AlignGPT / LLaVA-1.5 checkpoint converted in memory).
 
+    Raises :class:`~aligngpt.model_files.ModelNotFoundError` for a folder that does not exist and
+    :class:`~aligngpt.model_files.DamagedModelError` naming a truncated or damaged file.
+
     Args:
         path: a local folder (hub ids work where the hub is reachable).
         dtype: e.g. ``torch.bfloat16`` or ``"float16"``; default float32 on CPU, bfloat16 on GPU.
@@ -270,17 +274,21 @@ def load(
         template: chat template override (default: the model's own; official checkpoints use ``vicuna_v1``).
         vision_tower: for official checkpoints, overrides ``mm_vision_tower``.
     """
+    check_model_source(path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     local = Path(path)
-    if local.is_dir() and is_official_checkpoint(local):
-        from aligngpt.convert.official import convert_official
+    if local.is_dir():
+        verify_model_folder(local)
+    with without_weight_progress_bars():
+        if local.is_dir() and is_official_checkpoint(local):
+            from aligngpt.convert.official import convert_official
 
-        model, processor, _ = convert_official(local, None, vision_tower=vision_tower, dtype=dtype)
-    else:
-        model = AlignGPTForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
-        processor = AlignGPTProcessor.from_pretrained(path)
+            model, processor, _ = convert_official(local, None, vision_tower=vision_tower, dtype=dtype)
+        else:
+            model = AlignGPTForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+            processor = AlignGPTProcessor.from_pretrained(path)
     return AlignGPTPipeline(model.to(device), processor, template)

@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aligngpt.data.atomic import atomic_write
+from aligngpt.errors import writing
 from aligngpt.inference.images import ImageError, ImagePolicy, read_local_image
 from aligngpt.inference.pipeline import AlignGPTPipeline, GenerationSettings
 
@@ -175,7 +176,11 @@ def predict_file(
         # Rewrite the partial file cleanly (dropping a torn line) before appending to it.
         with atomic_write(partial) as f:
             f.writelines(json.dumps(record) + "\n" for record in done.values())
-        with open(partial, "a", encoding="utf-8") as f, tqdm(total=len(todo), unit="q", disable=not progress) as bar:
+        with (
+            writing(partial),
+            open(partial, "a", encoding="utf-8") as f,
+            tqdm(total=len(todo), unit="q", disable=not progress) as bar,
+        ):
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
                 loaded = [_load_question_image(q, images, policy, questions_path) for q in chunk]

@@ -312,4 +312,4 @@ class AlignGPTProcessor:
 
 def load_image_processor(path: str | Path):
     """The vision encoder's image processor, PIL backend (no torchvision needed)."""
-    return AutoImageProcessor.from_pretrained(str(path), use_fast=False)
+    return AutoImageProcessor.from_pretrained(str(path), backend="pil")

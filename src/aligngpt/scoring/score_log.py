@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aligngpt.errors import UserError
 
-class ScoreLogMismatchError(ValueError):
+
+class ScoreLogMismatchError(UserError, ValueError):
     """The existing log was written by a run with different settings."""
 
 

@@ -2,12 +2,13 @@
 
 import typer
 
+from aligngpt.cli import SingleCommand
 from aligngpt.training.cli import train_command
 
 
 def main() -> None:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(train_command)
+    app.command(cls=SingleCommand)(train_command)
     app()
 
 

@@ -20,13 +20,14 @@ from torch import nn
 
 from aligngpt.convert.official import STAGE1_ADAPTER, rename_official_key
 from aligngpt.data.atomic import atomic_write
+from aligngpt.errors import UserError
 
 OUR_ADAPTER = "stage1_adapter.safetensors"
 LEVEL_TABLE_KEY = "alignment.level_embeddings"
 _OFFICIAL_NAMES = {LEVEL_TABLE_KEY: "align_indicators.indicator_embs"}
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError, ValueError):
     """A stage-1 adapter that does not fit the model; the message names the file and keys."""
 
 

@@ -14,12 +14,13 @@ import typing
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from aligngpt.training.config import TrainConfig
+from aligngpt.training.config import RECIPE_DEFAULTED, REQUIRED_SETTINGS, TrainConfig
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return "--" + _dashed(name)
 
 
 def _base_type(annotation) -> type:
@@ -27,6 +28,21 @@ def _base_type(annotation) -> type:
     hint = typing.get_type_hints(TrainConfig)[annotation] if isinstance(annotation, str) else annotation
     args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
     return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+
+
+def _dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _shown_default(item: dataclasses.Field) -> str | None:
+    """The default ``--help`` shows (every flag's own default is ``None``, "not given", so that YAML can set it)."""
+    if item.name in RECIPE_DEFAULTED:
+        return "the recipe's"
+    if item.default is None:
+        return None
+    if isinstance(item.default, bool):
+        return _dashed(item.name) if item.default else f"no-{_dashed(item.name)}"
+    return str(item.default)
 
 
 def _train_parameters() -> list[inspect.Parameter]:
@@ -42,13 +58,12 @@ def _train_parameters() -> list[inspect.Parameter]:
         kind = _base_type(item.name)
         help_text = item.metadata.get("help", "")
         panel = item.metadata.get("group", "training").capitalize()
-        if kind is bool:
-            names = (f"{_flag(item.name)}/--no-{item.name.replace('_', '-')}",)
-            help_text += f" [default: {item.default}]" if item.default is not None else ""
-        else:
-            names = (_flag(item.name),)
-            if item.default is not None:
-                help_text += f" [default: {item.default}]"
+        names = (f"{_flag(item.name)}/--no-{_dashed(item.name)}",) if kind is bool else (_flag(item.name),)
+        if item.name in REQUIRED_SETTINGS:
+            help_text += " " + escape("[required: here or in --config]")
+        default = _shown_default(item)
+        if default is not None:
+            help_text += " " + escape(f"[default: {default}]")
         option = typer.Option(None, *names, help=help_text, rich_help_panel=panel, show_default=False)
         params.append(
             inspect.Parameter(

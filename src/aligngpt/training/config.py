@@ -19,6 +19,12 @@ from aligngpt.training.recipes import get_recipe
 RESOLVED_CONFIG_NAME = "train_config.yaml"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+# Settings whose default comes from the recipe (``RecipeDefaults``) when left unset.
+RECIPE_DEFAULTED = (
+    "learning_rate", "lr_scheduler_type", "warmup_ratio", "weight_decay", "num_train_epochs", "global_batch_size",
+    "per_device_train_batch_size", "image_aspect_ratio", "group_by_modality_length", "model_max_length",
+)  # fmt: skip
+REQUIRED_SETTINGS = ("data", "output_dir")  # checked by validate_config; the model is named one of two ways
 
 
 def _opt(help_text: str, default: Any = None, group: str = "training") -> Any:
@@ -32,8 +38,10 @@ class TrainConfig:
     recipe: str = _opt("pretrain, finetune or finetune-lora.", "pretrain", "run")
     data: str | None = _opt("LLaVA-format JSON / JSONL training data.", None, "run")
     image_root: str | None = _opt("Folder the records' 'image' paths are relative to.", None, "run")
-    output_dir: str | None = _opt("Where checkpoints and the final model go.", None, "run")
-    resume: bool = _opt("Continue from the newest complete checkpoint in output_dir.", False, "run")
+    output_dir: str | None = _opt(
+        "Where the final model goes (resumable checkpoints: its checkpoints/ folder).", None, "run"
+    )
+    resume: bool = _opt("Continue from the newest complete checkpoint in output_dir/checkpoints.", False, "run")
     seed: int = _opt("Seed of initialisation, sampling and dropout.", 42, "run")
 
     # --- where the model comes from ---------------------------------------------------------------------------
@@ -152,11 +160,7 @@ def resolve_config(
         raise ValueError(f"unknown settings {unknown}")
     config = TrainConfig(**values)
     defaults = get_recipe(config.recipe).defaults
-    for name in (
-        "learning_rate", "lr_scheduler_type", "warmup_ratio", "weight_decay", "num_train_epochs",
-        "global_batch_size", "per_device_train_batch_size", "image_aspect_ratio", "group_by_modality_length",
-        "model_max_length",
-    ):  # fmt: skip
+    for name in RECIPE_DEFAULTED:
         if getattr(config, name) is None:
             setattr(config, name, getattr(defaults, name))
     if config.template is None:

@@ -3,11 +3,13 @@
 Outputs in ``output_dir``: the model and processor in our HF format (safetensors), ``train_config.yaml`` (the
 resolved settings), ``trainer_state.json``; after stage 1 also the adapter as ``stage1_adapter.safetensors`` (ours)
 and ``mm_projector_align.bin`` (official layout); after ``finetune-lora`` the base model plus ``lora_adapter/``.
-Checkpoints ``checkpoint-<step>`` hold the whole model (level table included), optimizer, scheduler and RNG states.
+Checkpoints ``checkpoints/checkpoint-<step>`` hold the whole model (level table included), optimizer, scheduler and
+RNG states; they stay in their own folder so that the model folder holds only what loading the model needs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,11 +18,15 @@ from pathlib import Path
 
 import torch
 
+from aligngpt.model_files import without_weight_progress_bars
 from aligngpt.training.config import TrainConfig, save_resolved_config
 from aligngpt.training.recipes import RecipeOptions, get_recipe
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE_NAME = "trainer_state.json"
+TRAINER_LEFTOVERS = ("training_args.bin",)  # what Trainer.save_model adds to a model folder besides the model
 DEFAULT_BAD_RECORD_REPORT = "bad_records.jsonl"
 DEFAULT_FEATURE_CACHE = "vision_features.safetensors"
 GPU_DATALOADER_WORKERS = 4
@@ -39,22 +45,45 @@ class TrainResult:
         return [entry["loss"] for entry in self.log_history if "loss" in entry]
 
 
+def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
+    """Where the resumable ``checkpoint-N`` folders of a run go."""
+    return Path(output_dir) / CHECKPOINTS_DIR
+
+
 def find_resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest *complete* ``checkpoint-N`` (its ``trainer_state.json`` is written last); ``None`` if none."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return None
-    complete = []
-    for child in output_dir.iterdir():
-        match = CHECKPOINT_PATTERN.match(child.name)
-        has_rng = (child / "rng_state.pth").is_file() or _multi_rng(child)
-        if match and (child / "trainer_state.json").is_file() and has_rng:
-            complete.append((int(match.group(1)), child))
-    return max(complete)[1] if complete else None
+    """The newest *complete* ``checkpoint-N`` of a run; ``None`` if none.
+
+    Complete: its RNG state and a readable ``trainer_state.json`` (HF writes that file last) are there. Looks in
+    ``output_dir/checkpoints/`` and, for runs written before checkpoints had their own folder, in ``output_dir``.
+    """
+    found = []
+    for folder in (checkpoints_dir(output_dir), Path(output_dir)):
+        if folder.is_dir():
+            found += [
+                (int(m.group(1)), child) for child in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(child.name))
+            ]
+    for _, checkpoint in sorted(found, reverse=True):
+        problem = _incomplete(checkpoint)
+        if problem is None:
+            return checkpoint
+        logger.warning("resume: skipping %s (%s)", checkpoint, problem)
+    return None
 
 
-def _multi_rng(checkpoint: Path) -> bool:
-    return any(checkpoint.glob("rng_state_*.pth"))
+def _incomplete(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from, or ``None`` when it can."""
+    if not ((checkpoint / "rng_state.pth").is_file() or any(checkpoint.glob("rng_state_*.pth"))):
+        return "no RNG state: the save was interrupted"
+    state = checkpoint / TRAINER_STATE_NAME
+    try:
+        text = state.read_text(encoding="utf-8")
+        parsed = json.loads(text)
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE_NAME}: the save was interrupted"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        empty = isinstance(err, json.JSONDecodeError) and not text.strip()
+        return f"{TRAINER_STATE_NAME} is empty" if empty else f"{TRAINER_STATE_NAME} is unreadable ({err})"
+    return None if isinstance(parsed, dict) else f"{TRAINER_STATE_NAME} does not hold a JSON object"
 
 
 def world_size() -> int:
@@ -99,7 +128,7 @@ def training_arguments(config: TrainConfig):
         workers = GPU_DATALOADER_WORKERS if on_gpu else 0
     fsdp_kwargs = {"fsdp": True, "fsdp_config": _read_mapping(config.fsdp_config)} if config.fsdp_config else {}
     return TrainingArguments(
-        output_dir=config.output_dir,
+        output_dir=str(checkpoints_dir(config.output_dir)),
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation,
         learning_rate=config.learning_rate,
@@ -143,6 +172,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Run ``config`` (already resolved, see :func:`aligngpt.training.config.resolve_config`)."""
     from aligngpt.data.collator import TrainingCollator
     from aligngpt.data.dataset import TrainingDataset
+    from aligngpt.data.records import RecordFile
     from aligngpt.training.adapter import save_stage1_adapter
     from aligngpt.training.features import load_or_compute_vision_features
     from aligngpt.training.lora import apply_lora, save_lora_adapter, strip_lora
@@ -158,6 +188,7 @@ def train(config: TrainConfig) -> TrainResult:
     if config.resume and checkpoint is None:
         logger.warning("resume: no complete checkpoint in %s; starting from the beginning", output_dir)
 
+    records = RecordFile(config.data, level_field=config.level_field)  # a broken data file fails before the model loads
     args = training_arguments(config)  # before the model: under ZeRO-3 the model is then built partitioned
     if config.deepspeed and args.world_size > 1:
         import deepspeed
@@ -176,7 +207,7 @@ def train(config: TrainConfig) -> TrainResult:
     model.language_model.config.use_cache = False
 
     dataset = TrainingDataset(
-        config.data,
+        records,
         processor,
         recipe.stage,
         config.image_root,
@@ -207,7 +238,8 @@ def train(config: TrainConfig) -> TrainResult:
         modality_lengths=dataset.lengths if config.group_by_modality_length else None,
         length_group_steps=config.length_group_steps,
     )
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with without_weight_progress_bars():  # the checkpoint saves' bars; the Trainer's own bar stays
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     model.language_model.config.use_cache = True
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # consolidated on every backend
@@ -219,7 +251,10 @@ def train(config: TrainConfig) -> TrainResult:
         if is_main_process():
             save_lora_adapter(trainer.accelerator.unwrap_model(trainer.model_wrapped), output_dir, state)
         strip_lora(model)
-    trainer.save_model(str(output_dir))
+    with without_weight_progress_bars():
+        trainer.save_model(str(output_dir))
     if is_main_process():
-        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
+        for name in TRAINER_LEFTOVERS:
+            (output_dir / name).unlink(missing_ok=True)
+        trainer.state.save_to_json(str(output_dir / TRAINER_STATE_NAME))
     return TrainResult(output_dir, trainer.state.global_step, trainer.state.log_history, dataset.skipped, notes)

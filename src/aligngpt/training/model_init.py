@@ -4,10 +4,13 @@ LLM, optionally with a stage-1 adapter (ours or official) loaded on top."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import AutoConfig
 
 from aligngpt.config import vision_has_cls_token
+from aligngpt.errors import UserError
+from aligngpt.model_files import check_model_source, verify_model_folder, without_weight_progress_bars
 from aligngpt.modeling import AlignGPTForConditionalGeneration, build_from_pretrained_parts
 from aligngpt.processing import AlignGPTProcessor, load_image_processor, load_tokenizer
 from aligngpt.training.adapter import LEVEL_TABLE_KEY, load_stage1_adapter
@@ -22,8 +25,22 @@ class StartingPoint:
     notes: list[str] = field(default_factory=list)
 
 
+class StartingPointError(UserError, ValueError):
+    """The model a run would start from does not suit its recipe."""
+
+
 def build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
-    """Load or assemble the model for ``recipe``; raises ``ValueError`` when stage 2 would start untrained."""
+    """Load or assemble the model for ``recipe``; raises ``StartingPointError`` when stage 2 would start untrained."""
+    for source in (config.model, config.vision_tower, config.llm):
+        if source is not None:
+            check_model_source(source)
+            if Path(source).is_dir():
+                verify_model_folder(source)
+    with without_weight_progress_bars():
+        return _build_starting_point(config, recipe)
+
+
+def _build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
     notes: list[str] = []
     level_table_trained = False
     if config.model is not None:
@@ -61,7 +78,7 @@ def build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
         level_table_trained = True
         notes.append(f"loaded the stage-1 adapter {config.stage1_adapter}")
     if recipe.stage == "finetune" and model.config.uses_alignment_token and not level_table_trained:
-        raise ValueError(
+        raise StartingPointError(
             f"{recipe.name}: the model has no trained level table; start from a stage-1 output (model) or pass "
             "stage1_adapter"
         )

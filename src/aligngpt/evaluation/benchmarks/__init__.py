@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from aligngpt.errors import UserError
 from aligngpt.evaluation.benchmarks.base import Benchmark
 from aligngpt.evaluation.benchmarks.gqa import GQA
 from aligngpt.evaluation.benchmarks.llava_bench import LLaVABench
@@ -28,7 +29,7 @@ BENCHMARKS: dict[str, type[Benchmark]] = {cls.name: cls for cls in (*PAPER_BENCH
 _ALIASES = {alias: cls.name for cls in BENCHMARKS.values() for alias in cls.aliases}
 
 
-class UnknownBenchmarkError(ValueError):
+class UnknownBenchmarkError(UserError, ValueError):
     """Raised for a benchmark name that is neither a known name nor an alias."""
 
 

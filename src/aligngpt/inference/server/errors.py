@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 logger = logging.getLogger("aligngpt.serve")
 
@@ -62,6 +63,14 @@ def install_error_handlers(app: FastAPI) -> None:
         first = err.errors()[0] if err.errors() else {}
         param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
         return APIError(400, first.get("msg", "invalid request"), "invalid_value", param).response()
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, err: ClientDisconnect) -> JSONResponse:
+        # Nobody reads this answer; the point is to log one line instead of a traceback.
+        logger.info("%s %s: the client disconnected before sending the whole request", request.method, request.url.path)
+        return APIError(
+            400, "the client disconnected before sending the whole request", "client_disconnected"
+        ).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
