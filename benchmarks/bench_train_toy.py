@@ -5,10 +5,11 @@ toy world's models and data, timed per optimizer step: a baseline setting agains
         [--repeats 3] [--stage pretrain|finetune|both] [--profile]
 
 Both settings run ``repeats`` times each, interleaved (A B A B ...), each run ``steps`` optimizer steps of the
-demo's batch; the step time of a run (CPU seconds of this process unless ``--wall``) is the median of its steps after the first ``WARMUP_STEPS`` (model building,
-feature caching and the first steps' allocations excluded). The printed ratio is median(changed) / median(base):
-below 1 the change is faster. ``--profile`` instead runs the base setting once under ``torch.profiler`` and prints
-where a step's time goes (model math, optimizer, data), the breakdown in docs/training.md.
+demo's batch. A run's step time is the median of its steps after the first ``WARMUP_STEPS`` (model building, feature
+caching and the first steps' allocations excluded), in CPU seconds of this process unless ``--wall``: other jobs on a
+shared machine disturb CPU time far less than wall time, and with one torch thread the two agree on an idle machine.
+The printed ratio is median(changed) / median(base): below 1 the change is faster. ``--profile`` instead runs the
+setting once under ``torch.profiler`` and prints where a step's time goes, by operator (docs/training.md).
 """
 
 from __future__ import annotations
