@@ -138,11 +138,13 @@ class CircularEvaluator:
         if letter:
             return letter
         prompt = extractor_prompt(row)
-        for _ in range(EXTRACTOR_TRIES):
+        for attempt in range(EXTRACTOR_TRIES):
             if self.judge is None:
                 raise RuntimeError("MMBench CircularEval needs the GPT choice extractor: pass a judge")
             self.calls += 1
-            request = JudgeRequest.user(self.model, prompt, EXTRACTOR_TEMPERATURE, EXTRACTOR_MAX_TOKENS)
+            # Each try is a fresh sample at temperature 0.7 (officially a new API call), so it gets its own cache
+            # entry; the first try keeps the plain key.
+            request = JudgeRequest.user(self.model, prompt, EXTRACTOR_TEMPERATURE, EXTRACTOR_MAX_TOKENS, nonce=attempt)
             reply = self.judge.complete(request).strip()
             if API_FAILURE in reply:
                 continue
