@@ -76,3 +76,17 @@ def test_eval_cli_names_a_missing_image(model_dir, pope_root, tmp_path):
     assert name in result.output and "kept" in result.output  # a clear message, not a traceback
     # the answers before the missing image were kept
     assert len(read_answered(tmp_path / "o" / "pope" / ANSWERS_FILE)) == first_new
+
+
+def test_toyworld_limit_takes_n_per_set_and_scores_only_what_was_answered(model_dir, tmp_path):
+    from aligngpt.toyworld.dataset import write_dataset
+
+    world = tmp_path / "world"
+    write_dataset(world, seed=3, n_pretrain=4, n_finetune=4, n_eval=6, progress=False)
+    out = tmp_path / "out"
+    metrics = run_evaluation(model_dir, ["toyworld"], world, out, batch_size=4, limit=2, max_new_tokens=2)
+    answered = [r["question_id"] for r in read_answered(out / "toyworld" / ANSWERS_FILE)]
+    assert [qid.split("-")[0] for qid in answered] == ["caption"] * 2 + ["vqa"] * 2 + ["pope"] * 2
+    scores = metrics["toyworld"]["sets"]
+    assert scores["caption"]["n"] == 2 and set(scores) == {"caption", "vqa", "pope"}
+    assert scores["vqa"]["n"] == 2

@@ -44,7 +44,9 @@ def evaluate(
     data_dir: Path = typer.Option(None, "--data-dir", help="Root of the LLaVA eval data (playground/data/eval)."),
     out: Path = typer.Option(None, "--out", help="Output folder (answers, metrics, submission files)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Generation batch size."),
-    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N questions per benchmark."),
+    limit: int = typer.Option(
+        None, "--limit", min=1, help="Only the first N questions per benchmark (per set for toyworld)."
+    ),
     max_new_tokens: int = typer.Option(
         None, "--max-new-tokens", min=1, help="Override the benchmarks' official answer lengths (smoke runs only)."
     ),

@@ -167,7 +167,7 @@ def run_evaluation(
         folder = benchmark_dir(Path(data_dir), bench)
         items = bench.load(folder)
         if limit is not None:
-            items = items[:limit]
+            items = bench.limit_items(items, limit)
         bench_out = out_dir / bench.name
         answers_path = bench_out / ANSWERS_FILE
         identity = {

@@ -60,6 +60,10 @@ class Benchmark(ABC):
         write_json_atomic(out_dir / "metrics.json", metrics)
         return metrics
 
+    def limit_items(self, items: list[EvalItem], limit: int) -> list[EvalItem]:
+        """The items a ``--limit`` smoke run keeps: the first ``limit``."""
+        return items[:limit]
+
     @abstractmethod
     def _score(self, data_dir: Path, predictions_path: Path, out_dir: Path, judge: Judge | None) -> dict:
         """Compute the metrics dict (and write any extra files to ``out_dir``)."""
