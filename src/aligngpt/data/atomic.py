@@ -37,6 +37,15 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
     _fsync_dir(target.parent)
 
 
+def replace_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """``os.replace(source, target)`` after fsyncing ``source``, then fsync the folder: a finished output survives
+    a power cut as soon as this returns (``source`` must be in the same folder, e.g. a partial output)."""
+    with open(source, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(source, target)
+    _fsync_dir(Path(target).parent)
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
