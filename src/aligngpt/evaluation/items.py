@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aligngpt.evaluation.io import BadRecordError
+
 IMAGE_PLACEHOLDER = "<image>"
 
 
@@ -35,22 +37,26 @@ class EvalItem:
     def has_image(self) -> bool:
         return self.image is not None or "image_base64" in self.meta
 
-    def open_image(self, convert_rgb: bool = True):
-        """Open the item's image as a ``PIL.Image`` (``None`` for text-only items).
+    def open_image(self):
+        """The item's image in RGB, converted as in training (``None`` for text-only items).
 
-        Raises ``FileNotFoundError`` naming the path when the image file is missing.
+        Raises ``FileNotFoundError`` naming the path when the image file is missing and ``BadRecordError`` naming
+        the question when it cannot be decoded.
         """
-        from PIL import Image
+        from aligngpt.data.images import ImageLoadError, ImageNotFoundError, decode_rgb, open_image
 
         if "image_base64" in self.meta:
-            image = Image.open(io.BytesIO(base64.b64decode(self.meta["image_base64"])))
+            source, name = io.BytesIO(base64.b64decode(self.meta["image_base64"])), f"of question {self.question_id!r}"
         elif self.image is None:
             return None
         else:
-            if not Path(self.image).exists():
-                raise FileNotFoundError(f"image for question {self.question_id!r} not found: {self.image}")
-            image = Image.open(self.image)
-        return image.convert("RGB") if convert_rgb else image
+            source, name = Path(self.image), str(self.image)
+        try:
+            return decode_rgb(open_image(source, name=name), name)
+        except ImageNotFoundError:
+            raise FileNotFoundError(f"image for question {self.question_id!r} not found: {self.image}") from None
+        except ImageLoadError as err:
+            raise BadRecordError(f"question {self.question_id!r}: {err}") from None
 
 
 def answer_record(item: EvalItem, text: str, model_id: str, answer_id: str | None = None) -> dict:

@@ -116,7 +116,7 @@ def generate_answers(
         tqdm(total=len(items), initial=len(items) - len(todo), desc=bench.name, unit="q") as progress,
     ):
         for chunk in _batches(todo, batch_size):
-            images = [item.open_image(bench.convert_rgb) for item in chunk]
+            images = [item.open_image() for item in chunk]
             answers = pipeline.generate_batch(
                 [(image, item.prompt) for image, item in zip(images, chunk)],
                 settings,

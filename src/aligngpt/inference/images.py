@@ -18,6 +18,8 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
+from aligngpt.data.images import ImageLoadError, ImageTooLargeError, decode_rgb
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -61,7 +63,8 @@ class ImagePolicy:
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> Image.Image:
-    """Decode encoded image bytes into an RGB image, refusing images over ``max_pixels`` before decoding them."""
+    """Decode encoded image bytes into an RGB image (the data sets' conversion, transparency composited), refusing
+    images over ``max_pixels`` before decoding them."""
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
@@ -71,10 +74,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str 
                 "image_too_large",
                 _HTTP_BAD_REQUEST,
             )
-        image.load()
-        return image.convert("RGB")
+        return decode_rgb(image, source)
     except ImageError:
         raise
+    except ImageLoadError as err:
+        code = "image_too_large" if isinstance(err, ImageTooLargeError) else "invalid_image"
+        raise ImageError(str(err), code) from err
     except Image.DecompressionBombError as err:
         raise ImageError(f"{source}: {err}", "image_too_large") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:

@@ -35,7 +35,6 @@ class Benchmark(ABC):
     aliases: ClassVar[tuple[str, ...]] = ()
     max_new_tokens: ClassVar[int]
     image_aspect_ratio: ClassVar[str]  # "pad" (pad to square first) or "square" (processor only)
-    convert_rgb: ClassVar[bool] = True
     judge_model: ClassVar[str | None] = None  # official judge model of GPT-judged benchmarks
     headline_key: ClassVar[str]  # the metrics.json key of the number reported in paper tables
 

@@ -191,7 +191,6 @@ class MMBench(Benchmark):
     aliases = ("mmbench_en", "mmbench-en")
     max_new_tokens = LONG_MAX_NEW_TOKENS
     image_aspect_ratio = "pad"
-    convert_rgb = False
     judge_model = EXTRACTOR_MODEL
     question_files = ("mmbench_dev_20230712.tsv",)
     lang = "en"
