@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from aligngpt.data.digest import update_with_file
 from aligngpt.data.jsonl_log import cut_torn_tail, read_jsonl_log
 from aligngpt.evaluation.benchmarks import get_benchmark
 from aligngpt.evaluation.benchmarks.base import Benchmark
@@ -57,9 +58,7 @@ def file_digest(paths: Iterable[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        update_with_file(digest, path)
     return digest.hexdigest()
 
 
