@@ -62,9 +62,8 @@ def _resume_settings(world, out: Path, **extra) -> dict:
     )  # fmt: skip
 
 
-def _train_cli(world, out: Path, **extra) -> list[str]:
-    settings = _resume_settings(world, out, **extra)
-    args = [sys.executable, "-m", "aligngpt.training"]
+def _flags(settings: dict) -> list[str]:
+    args = []
     for key, value in settings.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
@@ -72,6 +71,10 @@ def _train_cli(world, out: Path, **extra) -> list[str]:
         else:
             args += [flag, str(value)]
     return args
+
+
+def _train_cli(world, out: Path, **extra) -> list[str]:
+    return [sys.executable, "-m", "aligngpt.training", *_flags(_resume_settings(world, out, **extra))]
 
 
 def test_kill_9_then_resume_ends_with_the_same_weights(world, tmp_path):
@@ -96,6 +99,44 @@ def test_kill_9_then_resume_ends_with_the_same_weights(world, tmp_path):
     train(resolve_config(overrides=_resume_settings(world, killed, resume=True)))
     a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_resume_with_changed_inputs_is_refused_until_restart(world, tmp_path):
+    """--resume with other data content or result-affecting settings names the change and touches nothing."""
+    import typer
+
+    from aligngpt.training.cli import register
+
+    app = typer.Typer()
+    register(app)
+    data = tmp_path / "finetune.json"
+    data.write_bytes(world["finetune"].read_bytes())
+    out = tmp_path / "run"
+    base = {**_resume_settings(world, out), "data": str(data), "max_steps": 2, "save_steps": 1}
+
+    def train_cli(**extra):
+        return CliRunner().invoke(app, ["train", *_flags({**base, **extra})])
+
+    first = train_cli()
+    assert first.exit_code == 0, first.output
+    recorded = (out / RESOLVED_CONFIG_NAME).read_text()
+    weights = (out / "model.safetensors").read_bytes()
+    for extra, named in [({"learning_rate": 2e-3}, "learning_rate: 0.001 -> 0.002"), ({"seed": 7}, "seed: 42 -> 7")]:
+        refused = train_cli(resume=True, **extra)
+        assert refused.exit_code == 1 and named in refused.output and "--restart" in refused.output, refused.output
+        assert "Traceback" not in refused.output
+    text = data.read_text()
+    data.write_text(text.replace("It is red.", "It is RED."))  # same size, other content
+    assert data.stat().st_size == len(text.encode())
+    refused = train_cli(resume=True)
+    assert refused.exit_code == 1 and f"content of the data file {data}" in refused.output, refused.output
+    assert (out / RESOLVED_CONFIG_NAME).read_text() == recorded  # still says what trained the saved steps
+    assert (out / "model.safetensors").read_bytes() == weights
+
+    restarted = train_cli(restart=True)
+    assert restarted.exit_code == 0, restarted.output
+    resumed = train_cli(resume=True, progress=True, logging_steps=2)  # bookkeeping settings may change
+    assert resumed.exit_code == 0, resumed.output
 
 
 def test_cli_flags_override_yaml_which_overrides_recipe_defaults(world, tmp_path):

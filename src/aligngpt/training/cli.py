@@ -17,6 +17,8 @@ import typer
 
 from aligngpt.training.config import TrainConfig
 
+EXIT_FAILED = 1
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -65,13 +67,18 @@ def train_command(**kwargs) -> None:
     """Train an AlignGPT recipe: pretrain (stage 1), finetune (stage 2) or finetune-lora."""
     from aligngpt.training.config import resolve_config
     from aligngpt.training.engine import train
+    from aligngpt.training.run_record import ResumeMismatchError
 
     config_file = kwargs.pop("config_file", None)
     try:
         config = resolve_config(yaml_path=config_file, overrides=kwargs)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    result = train(config)
+    try:
+        result = train(config)
+    except ResumeMismatchError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
     for note in result.notes:
         typer.echo(note)
     message = f"trained {result.global_step} steps; outputs in {result.output_dir}"

@@ -33,7 +33,13 @@ class TrainConfig:
     data: str | None = _opt("LLaVA-format JSON / JSONL training data.", None, "run")
     image_root: str | None = _opt("Folder the records' 'image' paths are relative to.", None, "run")
     output_dir: str | None = _opt("Where checkpoints and the final model go.", None, "run")
-    resume: bool = _opt("Continue from the newest complete checkpoint in output_dir.", False, "run")
+    resume: bool = _opt(
+        "Continue from the newest complete checkpoint in output_dir (refused when the data's content or a setting "
+        "that changes the result differs from that run's).",
+        False,
+        "run",
+    )
+    restart: bool = _opt("Delete the checkpoints in output_dir and train from step 0.", False, "run")
     seed: int = _opt("Seed of initialisation, sampling and dropout.", 42, "run")
 
     # --- where the model comes from ---------------------------------------------------------------------------
@@ -174,6 +180,8 @@ def validate_config(config: TrainConfig) -> None:
     if config.output_dir is None:
         raise ValueError("no output folder: set output_dir (--output-dir)")
     _check_range(config)
+    if config.resume and config.restart:
+        raise ValueError("choose resume (continue the run in output_dir) or restart (start it over), not both")
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
     if config.on_bad_record not in ("error", "skip"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from aligngpt.training.config import TrainConfig, save_resolved_config
 from aligngpt.training.recipes import RecipeOptions, get_recipe
+from aligngpt.training.run_record import RunRecordCallback, check_resume, run_inputs, write_run_record
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -51,6 +53,13 @@ def find_resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
         if match and (child / "trainer_state.json").is_file() and has_rng:
             complete.append((int(match.group(1)), child))
     return max(complete)[1] if complete else None
+
+
+def _delete_checkpoints(output_dir: Path) -> None:
+    """``restart``: remove the ``checkpoint-N`` folders of an earlier run."""
+    for child in output_dir.iterdir():
+        if CHECKPOINT_PATTERN.match(child.name) and child.is_dir():
+            shutil.rmtree(child)
 
 
 def _multi_rng(checkpoint: Path) -> bool:
@@ -157,6 +166,13 @@ def train(config: TrainConfig) -> TrainResult:
     checkpoint = find_resume_checkpoint(output_dir) if config.resume else None
     if config.resume and checkpoint is None:
         logger.warning("resume: no complete checkpoint in %s; starting from the beginning", output_dir)
+    record = run_inputs(config)
+    if checkpoint is not None:
+        check_resume(config, checkpoint, record)  # before anything in output_dir is overwritten
+    elif is_main_process():
+        if config.restart:
+            _delete_checkpoints(output_dir)
+        write_run_record(record, output_dir)
 
     args = training_arguments(config)  # before the model: under ZeRO-3 the model is then built partitioned
     if config.deepspeed and args.world_size > 1:
@@ -206,6 +222,7 @@ def train(config: TrainConfig) -> TrainResult:
         modality_lengths=dataset.lengths if config.group_by_modality_length else None,
         length_group_steps=config.length_group_steps,
     )
+    trainer.add_callback(RunRecordCallback(record))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     model.language_model.config.use_cache = True
