@@ -204,6 +204,8 @@ def train(config: TrainConfig) -> TrainResult:
         on_bad_record=config.on_bad_record,
         report_path=config.bad_record_report or output_dir / DEFAULT_BAD_RECORD_REPORT,
     )
+    if checkpoint is None and is_main_process():
+        dataset.start_report()
     if config.cache_vision_features:
         cache_path = config.vision_feature_cache or output_dir / DEFAULT_FEATURE_CACHE
         dataset.vision_features = load_or_compute_vision_features(
@@ -236,6 +238,8 @@ def train(config: TrainConfig) -> TrainResult:
             save_lora_adapter(trainer.accelerator.unwrap_model(trainer.model_wrapped), output_dir, state)
         strip_lora(model)
     trainer.save_model(str(output_dir))
+    skipped = dataset.skipped
     if is_main_process():
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
-    return TrainResult(output_dir, trainer.state.global_step, trainer.state.log_history, dataset.skipped, notes)
+        skipped = dataset.finish_report()
+    return TrainResult(output_dir, trainer.state.global_step, trainer.state.log_history, skipped, notes)
