@@ -8,11 +8,10 @@ cannot map (up to 3 tries, then a seeded random letter); the question scores 1 o
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import random
 import string
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from aligngpt.evaluation.benchmarks.base import (
     MULTIPLE_CHOICE_SUFFIX_CN,
     Benchmark,
 )
-from aligngpt.evaluation.io import find_file, read_predictions, write_jsonl_atomic
+from aligngpt.evaluation.io import find_file, read_predictions, write_bytes_atomic, write_jsonl_atomic
 from aligngpt.evaluation.items import EvalItem
 from aligngpt.evaluation.judge import Judge, JudgeRequest, RecordingJudge
 
@@ -313,12 +312,6 @@ class MMBenchCN(MMBench):
 
 
 def _write_xlsx_atomic(frame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".xlsx", dir=path.parent)
-    os.close(fd)
-    try:
-        frame.to_excel(tmp, index=False, engine="openpyxl")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    frame.to_excel(buffer, index=False, engine="openpyxl")
+    write_bytes_atomic(path, buffer.getvalue())
