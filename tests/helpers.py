@@ -12,6 +12,14 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "official_tiny"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a child Python that runs this checkout's code: the tests' own ``PYTHONPATH`` (so a child
+    imports what the tests import) plus the repository root, the hub offline, and ``extra``."""
+    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO_ROOT)]))
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **extra}
 
 
 @contextlib.contextmanager

@@ -60,6 +60,29 @@ def test_eval_generates_scores_and_resumes(model_dir, pope_root, tmp_path):
     assert json.loads((out / "pope" / "answers.run.json").read_text())["max_new_tokens"] == 3
 
 
+def test_resume_drops_only_a_torn_last_line_even_when_it_parses(model_dir, pope_root, tmp_path):
+    """A kill (or ENOSPC) between an answer and its newline leaves a valid JSON line without "\\n": the next
+    answer must not be glued onto it, and only that line is redone."""
+    out = tmp_path / "out"
+    run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=4)
+    path = out / "pope" / ANSWERS_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:7]) + lines[7].rstrip("\n"))
+    run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=4)
+    resumed = path.read_text().splitlines(keepends=True)
+    assert resumed[:7] == lines[:7]  # kept byte for byte (answer ids included)
+    assert [json.loads(line)["question_id"] for line in resumed] == list(range(1, 13))
+    assert json.loads((out / "pope" / "results.json").read_text())["n_generated_this_run"] == 5
+
+    # A damaged complete line (e.g. two answers glued by an older version) costs only that line.
+    path.write_text("".join(resumed[:3]) + resumed[3].rstrip("\n") + resumed[4] + "".join(resumed[5:]))
+    run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=4)
+    again = path.read_text().splitlines(keepends=True)
+    assert again[:3] == resumed[:3] and again[3:10] == resumed[5:]
+    assert sorted(json.loads(line)["question_id"] for line in again) == list(range(1, 13))
+    assert json.loads((out / "pope" / "results.json").read_text())["n_generated_this_run"] == 2
+
+
 def test_eval_cli_names_a_missing_image(model_dir, pope_root, tmp_path):
     images = [
         json.loads(line)["image"] for line in (pope_root / "pope" / "llava_pope_test.jsonl").read_text().splitlines()
@@ -119,3 +142,17 @@ def test_eval_names_an_undecodable_image(model_dir, pope_root, tmp_path):
     (pope_root / "pope" / "val2014" / first["image"]).write_bytes(b"not a picture")
     output = clean_failure(CliRunner().invoke(app, _eval_args(model_dir, pope_root, tmp_path / "o")))
     assert first["image"] in output and "not a recognised image format" in output and "0x" not in output
+
+
+def test_toyworld_limit_takes_n_per_set_and_scores_only_what_was_answered(model_dir, tmp_path):
+    from aligngpt.toyworld.dataset import write_dataset
+
+    world = tmp_path / "world"
+    write_dataset(world, seed=3, n_pretrain=4, n_finetune=4, n_eval=6, progress=False)
+    out = tmp_path / "out"
+    metrics = run_evaluation(model_dir, ["toyworld"], world, out, batch_size=4, limit=2, max_new_tokens=2)
+    answered = [r["question_id"] for r in read_answered(out / "toyworld" / ANSWERS_FILE)]
+    assert [qid.split("-")[0] for qid in answered] == ["caption"] * 2 + ["vqa"] * 2 + ["pope"] * 2
+    scores = metrics["toyworld"]["sets"]
+    assert scores["caption"]["n"] == 2 and set(scores) == {"caption", "vqa", "pope"}
+    assert scores["vqa"]["n"] == 2

@@ -80,3 +80,25 @@ def test_cached_judge_stores_request_and_reply(tmp_path):
     assert judge.complete(request) == "B"
     stored = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert stored["reply"] == "B" and stored["request"]["messages"][0]["content"].startswith("Answer: b")
+
+
+def test_mmbench_extractor_retries_are_new_judge_calls_and_cached_as_such(tmp_path):
+    """An extractor reply naming no option is re-asked (officially up to 3 tries): the retry must reach the judge,
+    not come back from the cache as the same invalid reply, and a cache-only rerun must replay both replies."""
+    replies = json.loads((fixture_dir("mmbench") / "inputs" / "judge_replies.json").read_text())
+    for entry in replies:
+        if entry["match"] == "Answer: b\n":
+            entry["replies"] = ["I cannot tell from the picture.", "B"]
+    replies_file = tmp_path / "replies.json"
+    replies_file.write_text(json.dumps(replies))
+    inner = ReplayJudge(replies_file)
+    bench = get_benchmark("mmbench", judge_cache_dir=tmp_path / "cache")
+    data, answers = fixture_dir("mmbench") / "inputs", predictions_path("mmbench")
+    first = bench.score(data, answers, tmp_path / "a", judge=inner)
+    asked = [r for r in inner.requests if "Answer: b\n" in r.messages[-1][1]]
+    assert len(asked) == 2 and asked[0].cache_key() != asked[1].cache_key()
+    expected = json.loads((fixture_dir("mmbench") / "expected" / "metrics.json").read_text())
+    assert first["circular_accuracy"] == expected["circular_accuracy"]  # the retry's "B" is the right letter
+    assert first["gpt_calls"] == len(inner.requests)
+    replay = bench.score(data, answers, tmp_path / "b", judge=None)  # cache only: both replies are stored
+    assert replay["circular_accuracy"] == first["circular_accuracy"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import tiny_model_dir
+from tests.helpers import subprocess_env, tiny_model_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ class ServerProcess:
             sys.executable, "-m", "aligngpt.cli", "serve", "--model", str(model), "--port", str(self.port),
             "--model-name", SERVED_MODEL, "--log-level", "warning", *extra,
         ]  # fmt: skip
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+        env = subprocess_env()
         with open(log, "w") as log_file:
             self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 

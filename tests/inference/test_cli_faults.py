@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,8 +14,7 @@ from typer.testing import CliRunner
 
 from aligngpt.cli import app
 from aligngpt.inference.images import ImageError, load_image
-from tests.helpers import clean_failure, fill_disk_for
-from tests.inference.conftest import REPO_ROOT
+from tests.helpers import clean_failure, fill_disk_for, subprocess_env
 
 # "At once" = before torch or transformers is imported (loading them took ~19 s on a busy machine): the CLI runs in a
 # child process that reports which of them it had imported when it exited.
@@ -57,7 +55,7 @@ def test_truncated_weights_are_named_by_predict_and_serve(truncated_model, quest
 
 def test_truncated_weights_through_the_installed_entry_point(truncated_model, questions, tmp_path):
     """The real command line (not CliRunner) goes through the same boundary: one line on stderr, exit 1."""
-    env = _subprocess_env()
+    env = subprocess_env()
     args = [sys.executable, "-m", "aligngpt.cli", "predict", "--model", str(truncated_model),
             "--questions", str(questions), "--out", str(tmp_path / "a.jsonl")]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
@@ -68,7 +66,7 @@ def test_truncated_weights_through_the_installed_entry_point(truncated_model, qu
 
 def test_missing_model_folder_is_reported_at_once(tmp_path):
     missing = tmp_path / "missing" / "folder"
-    env = _subprocess_env()
+    env = subprocess_env()
     chat = [sys.executable, "-c", IMPORTS_AT_EXIT, "chat", "--model", str(missing)]
     done = subprocess.run(chat, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
     assert done.returncode == 1 and done.stderr.strip() == f"error: model folder {missing} does not exist"
@@ -130,8 +128,3 @@ def test_image_errors_do_not_leak_python_object_names(tiny_model, tmp_path):
     bad.write_bytes(b"certainly not an image")
     output = clean_failure(CliRunner().invoke(app, ["chat", "--model", str(tiny_model), "--image", str(bad)]))
     assert str(bad) in output and "object at 0x" not in output and "BytesIO" not in output
-
-
-def _subprocess_env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO_ROOT)]))
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}

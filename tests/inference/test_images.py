@@ -106,3 +106,93 @@ def test_list_images_sorted_and_filtered(tmp_path):
     for name in ("b.PNG", "a.jpg", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG"]
+
+
+def _transparent_images() -> dict:
+    """RGBA, LA and palette-with-transparency images whose transparent pixels hide a colour (so dropping the alpha
+    channel and compositing it give different pixels)."""
+    from PIL import Image
+
+    rgba = Image.new("RGBA", (24, 16), (0, 0, 255, 0))
+    rgba.paste((200, 40, 40, 255), (0, 0, 12, 16))
+    rgba.paste((40, 200, 40, 128), (12, 0, 18, 16))
+    la = Image.new("LA", (20, 20), (10, 0))
+    la.paste((180, 255), (0, 0, 10, 20))
+    palette = Image.new("P", (16, 24), 0)
+    palette.putpalette([0, 0, 0, 250, 120, 0] + [0, 0, 0] * 254)
+    palette.paste(1, (0, 0, 16, 12))
+    palette.info["transparency"] = 0
+    return {"rgba": rgba, "la": la, "palette": palette}
+
+
+def test_transparent_images_give_the_same_pixels_in_training_predict_eval_and_server(pipeline, tmp_path, monkeypatch):
+    import json
+
+    import torch
+    from fastapi.testclient import TestClient
+
+    from aligngpt.data.dataset import TrainingDataset
+    from aligngpt.data.images import to_rgb
+    from aligngpt.evaluation.benchmarks import get_benchmark
+    from aligngpt.evaluation.items import EvalItem
+    from aligngpt.evaluation.runner import generate_answers
+    from aligngpt.inference import GenerationSettings
+    from aligngpt.inference.predict import predict_file
+    from aligngpt.inference.server import ServerConfig, create_app
+    from aligngpt.processing import AlignGPTProcessor
+
+    images = _transparent_images()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, image in images.items():
+        image.save(folder / f"{name}.png")
+    processor = pipeline.processor
+    seen: list[torch.Tensor] = []
+    original = AlignGPTProcessor.preprocess_images
+
+    def spy(self, batch, aspect_ratio=None):
+        pixels = original(self, batch, aspect_ratio)
+        seen.extend(pixels)
+        return pixels
+
+    monkeypatch.setattr(AlignGPTProcessor, "preprocess_images", spy)
+    settings = GenerationSettings(max_new_tokens=1)
+    bench = get_benchmark("pope")  # an eval benchmark that pads, like training and the server
+    for name, image in images.items():
+        reference = original(processor, [to_rgb(image)], "pad")[0]
+        dropped_alpha = original(processor, [image.convert("RGB")], "pad")[0]
+        assert not torch.equal(reference, dropped_alpha), "the test image must depend on its transparency"
+        turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "It."}]
+        record = {"id": name, "image": f"{name}.png", "conversations": turns}
+        data = tmp_path / f"{name}.json"
+        data.write_text(json.dumps([record]))
+        seen.clear()
+        training = TrainingDataset(data, processor, "finetune", folder, image_aspect_ratio="pad")[0].pixel_values
+
+        questions = tmp_path / f"{name}.jsonl"
+        questions.write_text(json.dumps({"question_id": 1, "image": f"{name}.png", "text": "What?"}) + "\n")
+        seen.clear()
+        predict_file(pipeline, questions, tmp_path / f"{name}.answers.jsonl", folder, settings, progress=False)
+        predicted = seen[-1]
+
+        seen.clear()
+        item = EvalItem(1, folder / f"{name}.png", "What?")
+        generate_answers(pipeline, bench, [item], tmp_path / name / "answers.jsonl", "tiny", max_new_tokens=1)
+        evaluated = seen[-1]
+        embedded = EvalItem(2, None, "What?", {"image_base64": base64.b64encode((folder / f"{name}.png").read_bytes())})
+        seen.clear()
+        generate_answers(pipeline, bench, [embedded], tmp_path / name / "more.jsonl", "tiny", max_new_tokens=1)
+        evaluated_base64 = seen[-1]
+
+        seen.clear()
+        message = {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url((folder / f"{name}.png").read_bytes())}},
+            {"type": "text", "text": "What?"}]}  # fmt: skip
+        with TestClient(create_app(pipeline, ServerConfig(model_name="tiny"))) as client:
+            response = client.post("/v1/chat/completions", json={"messages": [message], "max_tokens": 1})
+        assert response.status_code == 200, response.text
+        served = seen[-1]
+
+        for path, pixels in [("training", training), ("predict", predicted), ("eval", evaluated),
+                             ("eval (base64)", evaluated_base64), ("server", served)]:  # fmt: skip
+            assert torch.equal(pixels, reference), f"{name}: {path} sees other pixels than training's loader"

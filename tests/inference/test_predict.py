@@ -91,6 +91,32 @@ def test_rerun_resumes_from_partial_and_skips_answered(pipeline, question_set, t
     assert out.read_text() == complete
 
 
+def test_resume_appends_to_the_partial_file_and_renames_it(pipeline, question_set, tmp_path, monkeypatch):
+    """After a kill or ENOSPC, a rerun needs room for the new answers only: no copy of the answers is written."""
+    import errno
+
+    from aligngpt.inference import predict
+
+    questions_path, images, _ = question_set
+    out = tmp_path / "answers.jsonl"
+    predict_file(pipeline, questions_path, out, images, SETTINGS, batch_size=2, model_id="tiny")
+    complete = out.read_text()
+    lines = complete.splitlines()
+    out.unlink()
+    partial = tmp_path / ("answers.jsonl" + PARTIAL_SUFFIX)
+    partial.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2])  # the last newline never made it
+    inode = partial.stat().st_ino
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(predict, "atomic_write", disk_full)
+    summary = predict_file(pipeline, questions_path, out, images, SETTINGS, batch_size=2, model_id="tiny")
+    assert summary.already_answered == 2 and summary.answered_now == 3  # the unterminated line is redone
+    assert out.read_text() == complete and out.stat().st_ino == inode  # appended to, then renamed
+    assert not partial.exists()
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -135,15 +161,13 @@ def test_predict_command(tiny_model, question_set, tmp_path):
 
 def test_predict_prints_no_startup_noise(tiny_model, question_set, tmp_path):
     """No deprecation warning from the image processor and no per-tensor weight-loading progress bars."""
-    import os
     import subprocess
     import sys
 
-    from tests.inference.conftest import REPO_ROOT
+    from tests.helpers import subprocess_env
 
     questions_path, images, _ = question_set
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO_ROOT)]))}  # fmt: skip
+    env = subprocess_env()
     args = [
         sys.executable,
         "-m",

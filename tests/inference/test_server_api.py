@@ -354,7 +354,7 @@ def test_full_queue_answers_503_and_recovers(pipeline):
         threads.append(_post_in_thread(busy, payload, results, "queued"))
         _wait_until(lambda: scheduler.queued == 1)
         refused = busy.post(URL, json=payload)
-        assert refused.status_code == 503
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
         assert refused.json()["error"] == {
             "message": refused.json()["error"]["message"], "type": "server_error", "param": None,
             "code": "server_overloaded",
@@ -364,6 +364,22 @@ def test_full_queue_answers_503_and_recovers(pipeline):
             thread.join(WAIT_S)
         assert results["running"].status_code == 200 and results["queued"].status_code == 200
         assert busy.post(URL, json=payload).status_code == 200
+
+
+def test_abandoned_requests_give_back_their_queue_slots():
+    """A waiting request whose client has gone (cancelled) must not keep a later one out of a full queue."""
+    from aligngpt.inference.server.scheduler import QueueFull
+    from aligngpt.inference.streaming import StreamRequest
+
+    scheduler = BatchScheduler(lambda batch: None, lambda request, err: None, max_queue=2)  # not started: all wait
+    waiting = [StreamRequest("hi", None, GenerationSettings(), sink=None) for _ in range(2)]
+    for request in waiting:
+        scheduler.submit(request)
+    with pytest.raises(QueueFull):
+        scheduler.submit(StreamRequest("hi", None, GenerationSettings(), sink=None))
+    waiting[0].cancelled.set()
+    scheduler.submit(StreamRequest("hi", None, GenerationSettings(), sink=None))
+    assert scheduler.queued == 2
 
 
 def test_generation_failure_is_a_clean_500_and_the_server_goes_on(pipeline):

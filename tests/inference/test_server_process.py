@@ -121,6 +121,28 @@ def test_client_leaving_mid_body_leaves_no_traceback_in_the_log(server, served):
     assert httpx.get(f"{server}/health").status_code == 200
 
 
+def test_disconnected_plain_request_is_cancelled(server):
+    """A non-streaming client that hangs up while its answer is generated frees its row too."""
+    from urllib.parse import urlparse
+
+    before = httpx.get(f"{server}/health").json()["cancelled_rows"]
+    body = json.dumps({"max_tokens": 1000, "temperature": 0, "messages": [{"role": "user", "content": "hi"}]})
+    address = urlparse(server)
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    with socket.create_connection((address.hostname, address.port), timeout=REQUEST_TIMEOUT_S) as client:
+        client.sendall(head.encode() + body.encode())
+        deadline = time.monotonic() + CANCEL_TIMEOUT_S
+        while httpx.get(f"{server}/health").json()["running"] == 0:  # generation has started
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    deadline = time.monotonic() + CANCEL_TIMEOUT_S
+    while (health := httpx.get(f"{server}/health").json())["cancelled_rows"] == before:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+    assert health["running"] == 0
+
+
 def test_openai_client_against_real_server(server):
     openai = pytest.importorskip("openai")
     api = openai.OpenAI(base_url=f"{server}/v1", api_key="none")

@@ -201,6 +201,38 @@ def test_changed_settings_are_refused_until_restart(tiny_clip_dir, tmp_path):
     assert result.num_scored == 3 and not log.path.exists()
 
 
+def test_resume_refuses_data_edited_to_the_same_size_and_images_moved(tiny_clip_dir, tmp_path):
+    """The saved scores belong to the data's content: a caption edited to a same-size text is a changed input."""
+    data, root = make_dataset(tmp_path, 6, n_text=0, seed=12)
+    out = tmp_path / "edited.json"
+    config = _config(data, root, tiny_clip_dir, out, batch_size=2)
+    original = ScoreLog.append
+
+    def die_after_one(self, batch):
+        if self.done:
+            raise KeyboardInterrupt
+        original(self, batch)
+
+    ScoreLog.append = die_after_one
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            score_dataset(config)
+    finally:
+        ScoreLog.append = original
+    caption = json.dumps(json.loads(data.read_text())[0]["conversations"][1]["value"])
+    size, text = data.stat().st_size, data.read_text()
+    data.write_text(text.replace(caption, caption.upper(), 1))  # same length, other words
+    assert data.stat().st_size == size and data.read_text() != text
+    with pytest.raises(ScoreLogMismatchError, match=r"data_sha256.*--restart"):
+        score_dataset(config)
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    with pytest.raises(ScoreLogMismatchError, match="images"):
+        score_dataset(_config(data, moved, tiny_clip_dir, out, batch_size=2))
+    result = score_dataset(_config(data, moved, tiny_clip_dir, out, batch_size=2, restart=True))
+    assert result.num_scored == 6
+
+
 def test_output_is_written_atomically(reference, tiny_clip_dir, tmp_path, monkeypatch):
     out = tmp_path / "atomic.json"
     out.write_text("previous complete output")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from aligngpt.cli import app
-from tests.helpers import clean_failure
+from tests.helpers import clean_failure, subprocess_env
 from tests.training.toydata import finetune_records, quick_settings, write_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,8 +62,7 @@ def test_a_data_file_of_bad_records_only_is_named(world, tmp_path):
 def test_broken_json_is_named_through_python_m_aligngpt_training(world, tmp_path):
     data = tmp_path / "broken.json"
     data.write_text(json.dumps(finetune_records())[:-40])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))}  # fmt: skip
+    env = subprocess_env()
     args = [sys.executable, "-m", "aligngpt.training", *_flags(world, data, tmp_path / "o")]
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr

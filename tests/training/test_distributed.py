@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 
 from aligngpt.training.config import resolve_config
 from aligngpt.training.engine import train
+from tests.helpers import subprocess_env
 from tests.training.toydata import finetune_records, quick_settings, write_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def _torchrun(settings: dict, tmp_path: Path, timeout: int = 300) -> list[dict]:
     import yaml
 
     config.write_text(yaml.safe_dump(settings))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "aligngpt.training", "--config", str(config)]  # fmt: skip
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)

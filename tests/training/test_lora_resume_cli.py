@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from aligngpt.training.config import RESOLVED_CONFIG_NAME
+from tests.helpers import subprocess_env
 from tests.training.toydata import COLOURS, quick_settings, run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,9 +65,8 @@ def _resume_settings(world, out: Path, **extra) -> dict:
     return quick_settings(**{**settings, **extra})
 
 
-def _train_cli(world, out: Path, **extra) -> list[str]:
-    settings = _resume_settings(world, out, **extra)
-    args = [sys.executable, "-m", "aligngpt.training"]
+def _flags(settings: dict) -> list[str]:
+    args = []
     for key, value in settings.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
@@ -75,11 +76,15 @@ def _train_cli(world, out: Path, **extra) -> list[str]:
     return args
 
 
+def _train_cli(world, out: Path, **extra) -> list[str]:
+    return [sys.executable, "-m", "aligngpt.training", *_flags(_resume_settings(world, out, **extra))]
+
+
 def test_kill_9_then_resume_ends_with_the_same_weights(world, tmp_path):
     from aligngpt.training.config import resolve_config
     from aligngpt.training.engine import train
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     full = tmp_path / "full"
     train(resolve_config(overrides=_resume_settings(world, full)))
 
@@ -97,6 +102,55 @@ def test_kill_9_then_resume_ends_with_the_same_weights(world, tmp_path):
     train(resolve_config(overrides=_resume_settings(world, killed, resume=True)))
     a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_resume_with_changed_inputs_is_refused_until_restart(world, tmp_path):
+    """--resume with other data content or result-affecting settings names the change (one ``error:`` message from
+    the CLI's error boundary) and touches nothing; --restart deletes the checkpoints, old layout included."""
+    from aligngpt.cli import app
+    from aligngpt.training.run_record import RUN_RECORD_NAME
+
+    data = tmp_path / "finetune.json"
+    data.write_bytes(world["finetune"].read_bytes())
+    out = tmp_path / "run"
+    base = {**_resume_settings(world, out), "data": str(data), "max_steps": 2, "save_steps": 1}
+
+    def train_cli(**extra):
+        return CliRunner().invoke(app, ["train", *_flags({**base, **extra})])
+
+    first = train_cli()
+    assert first.exit_code == 0, first.output
+    checkpoints = out / "checkpoints"
+    record = (out / RUN_RECORD_NAME).read_text()
+    assert [(c / RUN_RECORD_NAME).read_text() for c in sorted(checkpoints.iterdir())] == [record, record]
+    recorded = (out / RESOLVED_CONFIG_NAME).read_text()
+    weights = (out / "model.safetensors").read_bytes()
+    for extra, named in [({"learning_rate": 2e-3}, "learning_rate: 0.001 -> 0.002"), ({"seed": 7}, "seed: 42 -> 7")]:
+        refused = train_cli(resume=True, **extra)
+        assert refused.exit_code == 1 and named in refused.output and "--restart" in refused.output, refused.output
+        assert isinstance(refused.exception, SystemExit) and "Traceback" not in refused.output
+        assert "error: cannot resume from" in refused.output
+    text = data.read_text()
+    data.write_text(text.replace("It is red.", "It is RED."))  # same size, other content
+    assert data.stat().st_size == len(text.encode())
+    refused = train_cli(resume=True)
+    assert refused.exit_code == 1 and f"content of the data file {data}" in refused.output, refused.output
+    assert (out / RESOLVED_CONFIG_NAME).read_text() == recorded  # still says what trained the saved steps
+    assert (out / "model.safetensors").read_bytes() == weights
+
+    stale = [checkpoints / "checkpoint-9", out / "checkpoint-7"]  # newer than the restart's; an older layout's
+    for folder in stale:
+        shutil.copytree(checkpoints / "checkpoint-2", folder)
+    restarted = train_cli(restart=True)
+    assert restarted.exit_code == 0, restarted.output
+    assert not any(folder.exists() for folder in stale)
+    assert sorted(c.name for c in checkpoints.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert (
+        json.loads((checkpoints / "checkpoint-2" / RUN_RECORD_NAME).read_text())["data_sha256"]
+        != json.loads(record)["data_sha256"]
+    )  # the restarted run's record, with the edited data
+    resumed = train_cli(resume=True, progress=True, logging_steps=2)  # bookkeeping settings may change
+    assert resumed.exit_code == 0, resumed.output
 
 
 def test_cli_flags_override_yaml_which_overrides_recipe_defaults(world, tmp_path):

@@ -73,8 +73,8 @@ def test_the_final_model_folder_holds_no_trainer_leftovers(stage1):
     out = stage1.output_dir
     assert sorted(path.name for path in out.iterdir()) == [
         "aligngpt_processor.json", "checkpoints", "config.json", "generation_config.json", "mm_projector_align.bin",
-        "model.safetensors", "preprocessor_config.json", "stage1_adapter.safetensors", "tokenizer.json",
-        "tokenizer_config.json", "train_config.yaml", "trainer_state.json",
+        "model.safetensors", "preprocessor_config.json", "run_inputs.json", "stage1_adapter.safetensors",
+        "tokenizer.json", "tokenizer_config.json", "train_config.yaml", "trainer_state.json",
     ]  # fmt: skip
     assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
 
@@ -189,3 +189,24 @@ def test_length_sorted_accumulation_rounds_train_like_one_micro_batch(world, tmp
     assert rounds.losses == pytest.approx(whole.losses, rel=1e-5)
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "rounds")
     assert all(torch.allclose(a[key], b[key], atol=1e-5) for key in a)
+
+
+def test_skipped_records_make_one_report_per_run_counted_across_workers(world, tmp_path):
+    """Bad records skipped inside DataLoader workers are counted, and a rerun into the same folder does not append
+    a second copy of the report."""
+    import json
+
+    from tests.training.toydata import finetune_records, write_json
+
+    records = finetune_records()
+    records[1]["image"] = "missing.png"
+    records[3]["conversations"] = []
+    data = write_json(tmp_path / "some_bad.json", records)
+    out = tmp_path / "run"
+    settings = dict(model=str(world["model"]), data=str(data), on_bad_record="skip", dataloader_num_workers=2,
+                    max_steps=3)  # fmt: skip
+    for _ in range(2):
+        result = run("finetune", world, out, **settings)
+        assert result.skipped_records == 2
+        report = [json.loads(line) for line in (out / "bad_records.jsonl").read_text().splitlines()]
+        assert sorted(r["index"] for r in report) == [1, 3]

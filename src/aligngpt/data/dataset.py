@@ -155,6 +155,14 @@ class TrainingDataset(Dataset):
         """Records skipped as bad so far in this process."""
         return self.policy.skipped
 
+    def start_report(self) -> None:
+        """A run from step 0: the bad-record report starts empty (a resumed run keeps and extends it)."""
+        self.policy.start_report()
+
+    def finish_report(self) -> int:
+        """One line per skipped record in the report, merged over DataLoader workers; returns the count."""
+        return self.policy.finish_report()
+
     def build_sample(self, record: Record) -> EncodedSample:
         """Tokenise one (already validated) record and attach its pixels or cached features.
 

@@ -1,7 +1,9 @@
 """Safe image loading: path confinement, decompression-bomb limit, clear errors, any PIL mode to RGB.
 
-``load_image(root, relative_path)`` is the one entry point. Every failure raises a subclass of
-``ImageLoadError`` whose ``kind`` is the matching ``ProblemKind``, so callers can report or skip the record.
+``load_image(root, relative_path)`` is the entry point for data sets. :func:`decode_rgb` (decode + :func:`to_rgb`)
+is the one conversion every path uses — training, ``predict``, ``eval`` and the server — so a transparent or
+palette image gives the same pixels everywhere. Every failure raises a subclass of ``ImageLoadError`` whose
+``kind`` is the matching ``ProblemKind``, so callers can report or skip the record.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import re
 import threading
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import IO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -103,19 +106,33 @@ def load_image(
     image = open_image(path, max_pixels=max_pixels)
     if not decode:
         return image
+    return decode_rgb(image, path, background=background)
+
+
+def decode_rgb(
+    image: Image.Image, name: str | os.PathLike[str], *, background: tuple[int, int, int] = DEFAULT_BACKGROUND
+) -> Image.Image:
+    """Decode a lazily opened image and convert it with :func:`to_rgb`; ``name`` says which image in errors."""
     try:
         image.load()
         return to_rgb(image, background=background)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f"image {path} is too large to decode safely: {err}") from None
+        raise ImageTooLargeError(f"image {name} is too large to decode safely: {err}") from None
     except Exception as err:  # PIL signals damage with OSError, SyntaxError, ValueError, struct.error, ...
-        raise CorruptImageError(f"image {path} is corrupt or truncated: {type(err).__name__}: {err}") from None
+        raise CorruptImageError(
+            f"image {name} is corrupt or truncated: {type(err).__name__}: {pil_error_text(err)}"
+        ) from None
 
 
-def open_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open (header only) and enforce the pixel limit; raises ``ImageLoadError`` subclasses."""
+def open_image(
+    path: Path | IO[bytes], *, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None
+) -> Image.Image:
+    """Open a file or a binary stream (header only) and enforce the pixel limit; raises ``ImageLoadError``
+    subclasses whose messages name ``name`` (default: the path)."""
+    if name is None:
+        name = str(path)
     try:
         # PIL checks its global MAX_IMAGE_PIXELS inside open(); disable that (briefly, under a lock) and apply
         # our own per-call limit instead so that the limit is configurable without a process-wide side effect.
@@ -126,18 +143,20 @@ def open_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Im
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except FileNotFoundError:
-        raise ImageNotFoundError(f"image file {path} does not exist") from None
+        raise ImageNotFoundError(f"image file {name} does not exist") from None
     except (PermissionError, IsADirectoryError) as err:
-        raise ImageUnreadableError(f"image file {path} cannot be read: {err.strerror}") from None
-    except UnidentifiedImageError:
-        raise CorruptImageError(f"image file {path} is not a recognised image (corrupt or wrong format)") from None
+        raise ImageUnreadableError(f"image file {name} cannot be read: {err.strerror}") from None
+    except UnidentifiedImageError as err:
+        raise CorruptImageError(f"image file {name} is {pil_error_text(err)}") from None
     except Exception as err:
-        raise CorruptImageError(f"image file {path} cannot be opened: {type(err).__name__}: {err}") from None
+        raise CorruptImageError(
+            f"image file {name} cannot be opened: {type(err).__name__}: {pil_error_text(err)}"
+        ) from None
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         image.close()
         raise ImageTooLargeError(
-            f"image {path} is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}"
+            f"image {name} is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}"
         )
     return image
 

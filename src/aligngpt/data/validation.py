@@ -24,9 +24,10 @@ from typing import Any, Literal
 from aligngpt.data.atomic import atomic_write
 from aligngpt.data.constants import DEFAULT_MAX_PIXELS, DEFAULT_NUM_LEVELS, IMAGE_TOKEN, ON_BAD_RECORD, STAGES
 from aligngpt.data.images import ImageLoadError, load_image
+from aligngpt.data.jsonl_log import read_jsonl_log
 from aligngpt.data.problems import Problem, ProblemKind, RecordFormatError
 from aligngpt.data.records import GPT, HUMAN, Record, RecordFile
-from aligngpt.errors import UserError
+from aligngpt.errors import UserError, writing
 
 Stage = Literal["pretrain", "finetune"]
 OnBadRecord = Literal["error", "skip"]
@@ -259,8 +260,8 @@ class BadRecordPolicy:
 
     ``admit(records, i)`` returns the parsed record when it is good. A bad record raises ``BadRecordError``
     under "error"; under "skip" it is counted, appended to ``report_path`` (one JSON line, written with a
-    single ``O_APPEND`` write so DataLoader workers can share the file) and ``None`` is returned. Each index
-    is reported once per process.
+    single ``O_APPEND`` write so DataLoader workers and ranks can share the file) and ``None`` is returned. Each
+    index is reported once per process; :meth:`finish_report` merges what every process wrote into one report.
     """
 
     def __init__(
@@ -279,7 +280,26 @@ class BadRecordPolicy:
 
     @property
     def skipped(self) -> int:
+        """Records skipped by this process (workers count their own: see :meth:`finish_report`)."""
         return len(self._reported)
+
+    def start_report(self) -> None:
+        """Begin a new run's report: drop the lines an earlier run left in ``report_path``."""
+        if self.report_path is not None:
+            self.report_path.unlink(missing_ok=True)
+
+    def finish_report(self) -> int:
+        """Rewrite ``report_path`` with one line per skipped record (by index, however many processes or epochs
+        reported it) and return how many records were skipped in all; without a file, this process's count."""
+        if self.report_path is None or not self.report_path.is_file():
+            return self.skipped
+        by_index: dict[int, dict[str, Any]] = {}
+        for report in read_jsonl_log(self.report_path).records:
+            if isinstance(report, dict) and isinstance(report.get("index"), int):
+                by_index.setdefault(report["index"], report)
+        with atomic_write(self.report_path) as f:
+            f.writelines(json.dumps(by_index[i], ensure_ascii=False) + "\n" for i in sorted(by_index))
+        return len(by_index)
 
     def admit(self, records: RecordFile, index: int) -> Record | None:
         record, report = self.validator.check_index(records, index)
@@ -292,11 +312,12 @@ class BadRecordPolicy:
             self.counts.update(p.kind.value for p in report.problems)
             if self.report_path is not None:
                 line = (json.dumps(report.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
-                fd = os.open(self.report_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    os.write(fd, line)
-                finally:
-                    os.close(fd)
+                with writing(self.report_path):
+                    fd = os.open(self.report_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                    try:
+                        os.write(fd, line)
+                    finally:
+                        os.close(fd)
         return None
 
 

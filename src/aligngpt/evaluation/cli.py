@@ -51,7 +51,10 @@ def evaluate(
     out: Path = typer.Option(None, "--out", help=f"Output folder (answers, metrics, submission files). {REQUIRED}"),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Generation batch size."),
     limit: int = typer.Option(
-        None, "--limit", min=1, help="Only the first N questions per benchmark. " + escape("[default: all]")
+        None,
+        "--limit",
+        min=1,
+        help="Only the first N questions per benchmark (per set for toyworld). " + escape("[default: all]"),
     ),
     max_new_tokens: int = typer.Option(
         None,

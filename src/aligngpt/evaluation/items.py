@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aligngpt.evaluation.io import BadRecordError
+
 IMAGE_PLACEHOLDER = "<image>"
 
 
@@ -36,32 +38,29 @@ class EvalItem:
     def has_image(self) -> bool:
         return self.image is not None or "image_base64" in self.meta
 
-    def open_image(self, convert_rgb: bool = True):
-        """Open the item's image as a ``PIL.Image`` (``None`` for text-only items).
+    def open_image(self):
+        """The item's image in RGB, converted as in training (``None`` for text-only items).
 
-        Raises ``FileNotFoundError`` naming the path when the image file is missing, and
-        :class:`~aligngpt.data.images.CorruptImageError` naming the question when it cannot be decoded.
+        Raises ``FileNotFoundError`` naming the path when the image file is missing and ``BadRecordError`` naming
+        the question when it cannot be decoded (damaged base64 included).
         """
-        from PIL import Image
+        from aligngpt.data.images import ImageLoadError, ImageNotFoundError, decode_rgb, open_image
 
-        from aligngpt.data.images import CorruptImageError, pil_error_text
-
-        if self.image is None and "image_base64" not in self.meta:
-            return None
-        if self.image is not None and "image_base64" not in self.meta and not Path(self.image).exists():
-            raise FileNotFoundError(f"image for question {self.question_id!r} not found: {self.image}")
-        source = "its base64 image" if "image_base64" in self.meta else self.image
         try:
             if "image_base64" in self.meta:
-                image = Image.open(io.BytesIO(base64.b64decode(self.meta["image_base64"])))
+                name = f"of question {self.question_id!r}"
+                source = io.BytesIO(base64.b64decode(self.meta["image_base64"]))
+            elif self.image is None:
+                return None
             else:
-                image = Image.open(self.image)
-            image.load()
-        except (binascii.Error, OSError, SyntaxError, ValueError) as err:
-            raise CorruptImageError(
-                f"image of question {self.question_id!r} ({source}) cannot be decoded: {pil_error_text(err)}"
-            ) from None
-        return image.convert("RGB") if convert_rgb else image
+                source, name = Path(self.image), str(self.image)
+            return decode_rgb(open_image(source, name=name), name)
+        except binascii.Error as err:
+            raise BadRecordError(f"question {self.question_id!r}: its base64 image is damaged ({err})") from None
+        except ImageNotFoundError:
+            raise FileNotFoundError(f"image for question {self.question_id!r} not found: {self.image}") from None
+        except ImageLoadError as err:
+            raise BadRecordError(f"question {self.question_id!r}: {err}") from None
 
 
 def answer_record(item: EvalItem, text: str, model_id: str, answer_id: str | None = None) -> dict:

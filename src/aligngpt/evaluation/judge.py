@@ -37,7 +37,7 @@ class JudgeRequest:
     messages: tuple[tuple[str, str], ...]  # (role, content) pairs
     temperature: float
     max_tokens: int
-    nonce: int = 0  # not sent; distinguishes repeated identical requests (e.g. MM-Vet run k) in the cache
+    nonce: int = 0  # not sent; tells repeated identical requests apart in the cache (MM-Vet run k, MMBench try k)
 
     @classmethod
     def user(

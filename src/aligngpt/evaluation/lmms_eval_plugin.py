@@ -31,6 +31,8 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm.auto import tqdm
 
+from aligngpt.data.images import to_rgb
+
 MODEL_ID = "aligngpt"
 CLASS_PATH = f"{__name__}.AlignGPTLmms"
 DEFAULT_MAX_NEW_TOKENS = 1024  # what lmms-eval's LLaVA backends use when a task sets no limit
@@ -130,7 +132,7 @@ class AlignGPTLmms(lmms):
                 f"aligngpt: {where} has {len(visuals)} images; AlignGPT takes one per prompt "
                 "(pass multi_image=first in --model_args to keep the first)"
             )
-        return visuals[0].convert("RGB")
+        return to_rgb(visuals[0])
 
     # --- generation -------------------------------------------------------------------------------------------
     def _settings(self, gen_kwargs: dict) -> tuple[Any, list[str], str | None]:

@@ -11,6 +11,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from aligngpt.data.digest import update_with_file
+from aligngpt.data.jsonl_log import cut_torn_tail, read_jsonl_log
 from aligngpt.errors import writing
 from aligngpt.evaluation.benchmarks import get_benchmark
 from aligngpt.evaluation.benchmarks.base import Benchmark
@@ -37,20 +39,19 @@ def _item_key(question_id: Any) -> str:
 
 
 def read_answered(path: Path) -> list[dict]:
-    """Answer lines already written; a torn last line (a killed run) is cut off the file and redone."""
-    if not path.is_file():
-        return []
-    records, good_bytes = [], 0
-    with path.open("rb") as handle:
-        for line in handle:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-            good_bytes += len(line)
-    if good_bytes != path.stat().st_size:
-        with path.open("r+b") as handle:
-            handle.truncate(good_bytes)
+    """Answer lines already written, with the file made safe to append to.
+
+    A torn last line (a kill or a full disk before its newline) is cut off and redone, even when it parses; a
+    damaged complete line is dropped from the file (rewritten atomically, with a warning) and only its answer is
+    redone. Every other answer is kept as it is.
+    """
+    log = read_jsonl_log(path)
+    cut_torn_tail(log)
+    records = [r for r in log.records if isinstance(r, dict) and "question_id" in r]
+    if log.bad_lines or len(records) != len(log.records):
+        damaged = len(log.bad_lines) + len(log.records) - len(records)
+        tqdm.write(f"{path}: {damaged} damaged line(s) dropped (not answer records); their answers are redone")
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return records
 
 
@@ -59,9 +60,7 @@ def file_digest(paths: Iterable[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        update_with_file(digest, path)
     return digest.hexdigest()
 
 
@@ -119,7 +118,7 @@ def generate_answers(
         tqdm(total=len(items), initial=len(items) - len(todo), desc=bench.name, unit="q") as progress,
     ):
         for chunk in _batches(todo, batch_size):
-            images = [item.open_image(bench.convert_rgb) for item in chunk]
+            images = [item.open_image() for item in chunk]
             answers = pipeline.generate_batch(
                 [(image, item.prompt) for image, item in zip(images, chunk)],
                 settings,
@@ -170,7 +169,7 @@ def run_evaluation(
         folder = benchmark_dir(Path(data_dir), bench)
         items = bench.load(folder)
         if limit is not None:
-            items = items[:limit]
+            items = bench.limit_items(items, limit)
         bench_out = out_dir / bench.name
         answers_path = bench_out / ANSWERS_FILE
         identity = {

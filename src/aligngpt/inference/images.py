@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
-from aligngpt.data.images import pil_error_text
+from aligngpt.data.images import ImageLoadError, ImageTooLargeError, decode_rgb, pil_error_text
 from aligngpt.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -64,7 +64,8 @@ class ImagePolicy:
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> Image.Image:
-    """Decode encoded image bytes into an RGB image, refusing images over ``max_pixels`` before decoding them."""
+    """Decode encoded image bytes into an RGB image (the data sets' conversion, transparency composited), refusing
+    images over ``max_pixels`` before decoding them."""
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
@@ -74,10 +75,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str 
                 "image_too_large",
                 _HTTP_BAD_REQUEST,
             )
-        image.load()
-        return image.convert("RGB")
+        return decode_rgb(image, source)
     except ImageError:
         raise
+    except ImageLoadError as err:
+        code = "image_too_large" if isinstance(err, ImageTooLargeError) else "invalid_image"
+        raise ImageError(str(err), code) from err
     except Image.DecompressionBombError as err:
         raise ImageError(f"{source}: {err}", "image_too_large") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:

@@ -4,8 +4,11 @@ Question lines: ``{"question_id": ..., "image": "name.jpg", "text": "..."}`` (``
 questions). Answer lines: ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata",
 "alignment_weights", "level_coefficients"}``.
 
-Resumable: answers go to ``<out>.partial`` (one flushed line per answer) while the run lasts; a rerun skips ids
-answered there or in an existing ``<out>``. The final ``<out>`` is written atomically, in question order.
+Resumable: answers are appended to ``<out>.partial`` (one flushed line per answer) while the run lasts; a rerun cuts
+a torn last line off it, skips ids answered there or in an existing ``<out>``, and appends the rest. When the
+partial file then holds exactly the answers in question order it is renamed to ``<out>``, so a rerun after a full
+disk needs room for the new answers only; otherwise (a changed question file, answers taken from an older ``<out>``)
+``<out>`` is rewritten atomically in question order.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from aligngpt.data.atomic import atomic_write
+from aligngpt.data.atomic import atomic_write, replace_durably
+from aligngpt.data.jsonl_log import JsonlLog, cut_torn_tail, read_jsonl_log
 from aligngpt.errors import writing
 from aligngpt.inference.images import ImageError, ImagePolicy, read_local_image
 from aligngpt.inference.pipeline import AlignGPTPipeline, GenerationSettings
@@ -84,25 +88,17 @@ def read_questions(path: str | os.PathLike) -> list[Question]:
     return questions
 
 
-def read_answers(path: Path) -> dict[str, dict]:
-    """Answers by question id from an answer file; a torn last line (from a kill) is ignored."""
-    answers: dict[str, dict] = {}
-    if not path.is_file():
-        return answers
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); fix or delete the file") from err
+def read_answers(log: JsonlLog) -> list[dict]:
+    """The answer records of an answer file read with :func:`read_jsonl_log` (a torn last line is never one).
+
+    A damaged line in the middle is an error naming the file and line.
+    """
+    if log.bad_lines:
+        raise ValueError(f"{log.path}:{log.bad_lines[0]}: not valid JSON; fix or delete the file")
+    for record in log.records:
         if not isinstance(record, dict) or "question_id" not in record:
-            raise ValueError(f"{path}:{number}: not an answer record (no 'question_id')")
-        answers[id_key(record["question_id"])] = record
-    return answers
+            raise ValueError(f"{log.path}: a line is not an answer record (no 'question_id'); fix or delete the file")
+    return log.records
 
 
 def answer_id(model_id: str, question_id) -> str:
@@ -161,7 +157,11 @@ def predict_file(
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     images = Path(images_dir) if images_dir is not None else None
     questions = read_questions(questions_path)
-    done = {**read_answers(out), **read_answers(partial)}
+    partial_log = read_jsonl_log(partial)
+    cut_torn_tail(partial_log)  # appending below must not glue an answer onto a torn line
+    partial_keys = [id_key(r["question_id"]) for r in read_answers(partial_log)]
+    finished = read_answers(read_jsonl_log(out))
+    done = {id_key(r["question_id"]): r for r in finished + partial_log.records}
     done = {q.key: done[q.key] for q in questions if q.key in done}
     todo = [q for q in questions if q.key not in done]
     _check_images(todo, images)
@@ -173,9 +173,6 @@ def predict_file(
     }
     policy = ImagePolicy()
     if todo:
-        # Rewrite the partial file cleanly (dropping a torn line) before appending to it.
-        with atomic_write(partial) as f:
-            f.writelines(json.dumps(record) + "\n" for record in done.values())
         with (
             writing(partial),
             open(partial, "a", encoding="utf-8") as f,
@@ -188,11 +185,24 @@ def predict_file(
                 for question, answer in zip(chunk, answers):
                     record = _record(question, answer, model_id, metadata)
                     done[question.key] = record
+                    partial_keys.append(question.key)
                     f.write(json.dumps(record) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
                 bar.update(len(chunk))
-    with atomic_write(out) as f:
-        f.writelines(json.dumps(done[q.key]) + "\n" for q in questions)
-    partial.unlink(missing_ok=True)
+    _publish(out, partial, partial_keys, finished, [done[q.key] for q in questions])
     return PredictSummary(len(questions), len(todo), len(questions) - len(todo))
+
+
+def _publish(out: Path, partial: Path, partial_keys: list[str], finished: list[dict], answers: list[dict]) -> None:
+    """Make ``out`` hold ``answers`` (question order) with the least writing: rename the partial file when it is
+    exactly that, keep ``out`` when it already is (``finished``), else rewrite ``out`` atomically. The partial
+    file is gone afterwards."""
+    if partial.is_file() and partial_keys == [id_key(a["question_id"]) for a in answers]:
+        replace_durably(partial, out)
+        return
+    if not partial.is_file() and finished == answers:
+        return
+    with atomic_write(out) as f:
+        f.writelines(json.dumps(answer) + "\n" for answer in answers)
+    partial.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from aligngpt.data.constants import (
     DEFAULT_SCORE_WORKERS,
     ON_BAD_RECORD,
 )
+from aligngpt.data.digest import file_sha256
 from aligngpt.data.records import RecordFile
 from aligngpt.data.validation import BadRecordError, OnBadRecord
 from aligngpt.scoring.bucketing import assign_levels
@@ -30,7 +31,7 @@ from aligngpt.scoring.output import sidecar, write_leveled_copy
 from aligngpt.scoring.score_log import BatchScores, ScoreLog
 from aligngpt.scoring.summary import LevelSummary
 
-LOG_FORMAT = "aligngpt-clip-scores/1"
+LOG_FORMAT = "aligngpt-clip-scores/2"
 
 
 @dataclass
@@ -113,7 +114,8 @@ def _header(config: ScoreConfig, records: RecordFile, num_images: int, encoder: 
     return {
         "format": LOG_FORMAT,
         "data": str(records.path.resolve()),
-        "data_bytes": records.path.stat().st_size,
+        "data_sha256": file_sha256(records.path),
+        "images": str(Path(config.images).resolve()),
         "num_records": len(records),
         "num_image_records": num_images,
         "clip": str(clip.resolve()) if clip.exists() else config.clip,

@@ -1,10 +1,10 @@
 """The resumable side file of ``aligngpt score``: one JSON line per finished batch, fsynced as it is written.
 
-Line 1 is a header describing the run (data file, model, batch size, device, dtype ...); a rerun with a
-different header refuses to continue. Each following line is ``{"batch": k, "scores": [[index, id, score],
-...], "skipped": [report, ...]}``. A torn last line (killed mid-write) is cut off when the log is reopened, so
-that batch is simply recomputed; batches are fixed slices of the image records, so a recomputed batch is the
-same computation.
+Line 1 is a header describing the run (data file and its SHA-256, images, model, batch size, device, dtype ...);
+a rerun with a different header refuses to continue. Each following line is ``{"batch": k, "scores": [[index, id,
+score], ...], "skipped": [report, ...]}``. A torn last line (killed mid-write) is cut off when the log is reopened,
+so that batch is simply recomputed (so is the batch of a damaged line); batches are fixed slices of the image
+records, so a recomputed batch is the same computation.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aligngpt.errors import UserError
+from aligngpt.data.jsonl_log import cut_torn_tail, read_jsonl_log
+from aligngpt.errors import UserError, writing
 
 
 class ScoreLogMismatchError(UserError, ValueError):
@@ -53,42 +54,25 @@ class ScoreLog:
 
     def open(self, *, restart: bool = False) -> dict[int, BatchScores]:
         """Load finished batches (cutting a torn tail); start a new log if there is none or ``restart``."""
-        if restart or not self.path.exists():
+        log = read_jsonl_log(self.path)
+        if restart or not log.records or 1 in log.bad_lines:  # none yet, or killed before the header was complete
             self._start()
             return self.done
-        good_end = 0
-        with self.path.open("rb") as f:
-            first = f.readline()
+        header = log.records[0]
+        if header != self.header:
+            raise ScoreLogMismatchError(self._describe_mismatch(header if isinstance(header, dict) else {}))
+        cut_torn_tail(log)
+        for obj in log.records[1:]:
             try:
-                header = json.loads(first) if first.endswith(b"\n") else None
-            except json.JSONDecodeError:
-                header = None
-            if header is None:  # killed before the header was complete
-                f.close()
-                self._start()
-                return self.done
-            if header != self.header:
-                raise ScoreLogMismatchError(self._describe_mismatch(header))
-            good_end = len(first)
-            for line in f:
-                try:
-                    if not line.endswith(b"\n"):
-                        raise ValueError("torn line")
-                    batch = BatchScores.from_json(json.loads(line))
-                except (ValueError, KeyError, TypeError):
-                    break
-                self.done[batch.batch] = batch
-                good_end += len(line)
-        if good_end < self.path.stat().st_size:
-            with self.path.open("r+b") as f:
-                f.truncate(good_end)
-                f.flush()
-                os.fsync(f.fileno())
+                batch = BatchScores.from_json(obj)
+            except (ValueError, KeyError, TypeError):
+                continue  # a damaged line: that batch is recomputed
+            self.done[batch.batch] = batch
         return self.done
 
     def append(self, batch: BatchScores) -> None:
         """Write one batch line with a single write, then flush and fsync."""
-        with self.path.open("ab") as f:
+        with writing(self.path), self.path.open("ab") as f:
             f.write(batch.to_line())
             f.flush()
             os.fsync(f.fileno())
@@ -99,7 +83,7 @@ class ScoreLog:
 
     def _start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("wb") as f:
+        with writing(self.path), self.path.open("wb") as f:
             f.write((json.dumps(self.header, ensure_ascii=False) + "\n").encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())

@@ -1,27 +1,19 @@
-"""Atomic file writes: write to a temporary file in the same folder, then ``os.replace``."""
+"""Atomic file writes of the toy world (``aligngpt.data.atomic`` without fsync: everything here is regenerated
+from seeds, and the data set writes thousands of files)."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from PIL import Image
 
+from aligngpt.data.atomic import write_bytes_atomic
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data, durable=False)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -175,10 +175,13 @@ def score_pope(predictions: Mapping[str, str], labels: list[dict]) -> dict[str, 
     return result
 
 
-def score_eval_dir(eval_dir: str | Path, predictions: Mapping[str, str]) -> dict[str, object]:
+def score_eval_dir(
+    eval_dir: str | Path, predictions: Mapping[str, str], only_predicted: bool = False
+) -> dict[str, object]:
     """Score every toy-world eval set in ``eval_dir`` (as written by ``write_dataset``) that has predictions.
 
-    A set whose questions have no predictions at all is skipped; a partly answered set is an error.
+    A set whose questions have no predictions at all is skipped; a partly answered set is an error unless
+    ``only_predicted`` (smoke runs with ``--limit``), which scores the answered questions only.
     """
     eval_dir = Path(eval_dir)
     sets = {
@@ -189,6 +192,8 @@ def score_eval_dir(eval_dir: str | Path, predictions: Mapping[str, str]) -> dict
     results: dict[str, object] = {}
     for name, (path, scorer) in sets.items():
         truth = read_jsonl(path)
+        if only_predicted:
+            truth = [r for r in truth if str(r["question_id"]) in predictions]
         if any(str(r["question_id"]) in predictions for r in truth):
             results[name] = scorer(predictions, truth)
     return results

@@ -86,7 +86,7 @@ def train_command(**kwargs) -> None:
         config = resolve_config(yaml_path=config_file, overrides=kwargs)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    result = train(config)
+    result = train(config)  # a refused resume is a UserError: the CLI's error boundary prints it
     for note in result.notes:
         typer.echo(note)
     message = f"trained {result.global_step} steps; outputs in {result.output_dir}"

@@ -41,7 +41,13 @@ class TrainConfig:
     output_dir: str | None = _opt(
         "Where the final model goes (resumable checkpoints: its checkpoints/ folder).", None, "run"
     )
-    resume: bool = _opt("Continue from the newest complete checkpoint in output_dir/checkpoints.", False, "run")
+    resume: bool = _opt(
+        "Continue from the newest complete checkpoint in output_dir/checkpoints (refused when the data's content or "
+        "a setting that changes the result differs from that run's).",
+        False,
+        "run",
+    )
+    restart: bool = _opt("Delete the run's checkpoints in output_dir and train from step 0.", False, "run")
     seed: int = _opt("Seed of initialisation, sampling and dropout.", 42, "run")
 
     # --- where the model comes from ---------------------------------------------------------------------------
@@ -183,6 +189,8 @@ def validate_config(config: TrainConfig) -> None:
     if config.output_dir is None:
         raise ValueError("no output folder: set output_dir (--output-dir)")
     _check_range(config)
+    if config.resume and config.restart:
+        raise ValueError("choose resume (continue the run in output_dir) or restart (start it over), not both")
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
     if config.on_bad_record not in ("error", "skip"):

@@ -1,10 +1,12 @@
 """``train(config)``: one recipe run on HF Trainer, from start (or the last checkpoint) to the saved outputs.
 
 Outputs in ``output_dir``: the model and processor in our HF format (safetensors), ``train_config.yaml`` (the
-resolved settings), ``trainer_state.json``; after stage 1 also the adapter as ``stage1_adapter.safetensors`` (ours)
-and ``mm_projector_align.bin`` (official layout); after ``finetune-lora`` the base model plus ``lora_adapter/``.
-Checkpoints ``checkpoints/checkpoint-<step>`` hold the whole model (level table included), optimizer, scheduler and
-RNG states; they stay in their own folder so that the model folder holds only what loading the model needs.
+resolved settings), ``run_inputs.json`` (what ``--resume`` checks, see ``run_record``), ``trainer_state.json``;
+after stage 1 also the adapter as ``stage1_adapter.safetensors`` (ours) and ``mm_projector_align.bin`` (official
+layout); after ``finetune-lora`` the base model plus ``lora_adapter/``. Checkpoints
+``checkpoints/checkpoint-<step>`` hold the whole model (level table included), optimizer, scheduler and RNG states
+and a copy of ``run_inputs.json``; they stay in their own folder so that the model folder holds only what loading
+the model needs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import torch
 from aligngpt.model_files import without_weight_progress_bars
 from aligngpt.training.config import TrainConfig, save_resolved_config
 from aligngpt.training.recipes import RecipeOptions, get_recipe
+from aligngpt.training.run_record import RunRecordCallback, check_resume, run_inputs, write_run_record
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -84,6 +88,17 @@ def _incomplete(checkpoint: Path) -> str | None:
         empty = isinstance(err, json.JSONDecodeError) and not text.strip()
         return f"{TRAINER_STATE_NAME} is empty" if empty else f"{TRAINER_STATE_NAME} is unreadable ({err})"
     return None if isinstance(parsed, dict) else f"{TRAINER_STATE_NAME} does not hold a JSON object"
+
+
+def _delete_checkpoints(output_dir: Path) -> None:
+    """``restart``: remove the ``checkpoint-N`` folders of an earlier run, from ``output_dir/checkpoints/`` and,
+    for runs written before checkpoints had their own folder, from ``output_dir`` itself."""
+    for folder in (checkpoints_dir(output_dir), output_dir):
+        if not folder.is_dir():
+            continue
+        for child in folder.iterdir():
+            if CHECKPOINT_PATTERN.match(child.name) and child.is_dir():
+                shutil.rmtree(child)
 
 
 def world_size() -> int:
@@ -187,8 +202,15 @@ def train(config: TrainConfig) -> TrainResult:
     checkpoint = find_resume_checkpoint(output_dir) if config.resume else None
     if config.resume and checkpoint is None:
         logger.warning("resume: no complete checkpoint in %s; starting from the beginning", output_dir)
-
     records = RecordFile(config.data, level_field=config.level_field)  # a broken data file fails before the model loads
+    record = run_inputs(config)
+    if checkpoint is not None:
+        check_resume(config, checkpoint, record)  # before anything in output_dir is overwritten
+    elif is_main_process():
+        if config.restart:
+            _delete_checkpoints(output_dir)
+        write_run_record(record, output_dir)
+
     args = training_arguments(config)  # before the model: under ZeRO-3 the model is then built partitioned
     if config.deepspeed and args.world_size > 1:
         import deepspeed
@@ -220,6 +242,8 @@ def train(config: TrainConfig) -> TrainResult:
         report_path=config.bad_record_report or output_dir / DEFAULT_BAD_RECORD_REPORT,
         cache_samples=config.cache_samples,
     )
+    if checkpoint is None and is_main_process():
+        dataset.start_report()
     if config.cache_vision_features:
         cache_path = config.vision_feature_cache or output_dir / DEFAULT_FEATURE_CACHE
         dataset.vision_features = load_or_compute_vision_features(
@@ -238,6 +262,7 @@ def train(config: TrainConfig) -> TrainResult:
         modality_lengths=dataset.lengths if config.group_by_modality_length else None,
         length_group_steps=config.length_group_steps,
     )
+    trainer.add_callback(RunRecordCallback(record))  # copies run_inputs.json into each checkpoint
     with without_weight_progress_bars():  # the checkpoint saves' bars; the Trainer's own bar stays
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
@@ -253,8 +278,10 @@ def train(config: TrainConfig) -> TrainResult:
         strip_lora(model)
     with without_weight_progress_bars():
         trainer.save_model(str(output_dir))
+    skipped = dataset.skipped
     if is_main_process():
         for name in TRAINER_LEFTOVERS:
             (output_dir / name).unlink(missing_ok=True)
         trainer.state.save_to_json(str(output_dir / TRAINER_STATE_NAME))
-    return TrainResult(output_dir, trainer.state.global_step, trainer.state.log_history, dataset.skipped, notes)
+        skipped = dataset.finish_report()
+    return TrainResult(output_dir, trainer.state.global_step, trainer.state.log_history, skipped, notes)

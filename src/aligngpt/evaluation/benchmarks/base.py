@@ -35,7 +35,6 @@ class Benchmark(ABC):
     aliases: ClassVar[tuple[str, ...]] = ()
     max_new_tokens: ClassVar[int]
     image_aspect_ratio: ClassVar[str]  # "pad" (pad to square first) or "square" (processor only)
-    convert_rgb: ClassVar[bool] = True
     judge_model: ClassVar[str | None] = None  # official judge model of GPT-judged benchmarks
     headline_key: ClassVar[str]  # the metrics.json key of the number reported in paper tables
 
@@ -59,6 +58,10 @@ class Benchmark(ABC):
         metrics = {"benchmark": self.name, "headline": metrics.get(self.headline_key), **metrics}
         write_json_atomic(out_dir / "metrics.json", metrics)
         return metrics
+
+    def limit_items(self, items: list[EvalItem], limit: int) -> list[EvalItem]:
+        """The items a ``--limit`` smoke run keeps: the first ``limit``."""
+        return items[:limit]
 
     @abstractmethod
     def _score(self, data_dir: Path, predictions_path: Path, out_dir: Path, judge: Judge | None) -> dict:

@@ -73,7 +73,6 @@ class LLaVABench(LoaderBenchmark):
     aliases = ("llava_bench", "llava-bench", "llava_w", "llava-w", "llava-bench-in-the-wild", "llavabench")
     max_new_tokens = LONG_MAX_NEW_TOKENS
     image_aspect_ratio = "square"
-    convert_rgb = False
     judge_model = JUDGE_MODEL
     question_files = ("questions.jsonl",)
     image_dirs = ("images",)

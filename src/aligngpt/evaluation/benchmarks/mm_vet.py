@@ -89,7 +89,6 @@ class MMVet(LoaderBenchmark):
     aliases = ("mmvet", "mm-vet")
     max_new_tokens = LONG_MAX_NEW_TOKENS
     image_aspect_ratio = "square"
-    convert_rgb = False
     judge_model = JUDGE_MODEL
     question_files = ("llava-mm-vet.jsonl",)
     image_dirs = ("mm-vet/images", "images")

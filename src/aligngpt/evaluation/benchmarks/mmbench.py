@@ -8,11 +8,10 @@ cannot map (up to 3 tries, then a seeded random letter); the question scores 1 o
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import random
 import string
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from aligngpt.evaluation.benchmarks.base import (
     MULTIPLE_CHOICE_SUFFIX_CN,
     Benchmark,
 )
-from aligngpt.evaluation.io import find_file, read_predictions, write_jsonl_atomic
+from aligngpt.evaluation.io import find_file, read_predictions, write_bytes_atomic, write_jsonl_atomic
 from aligngpt.evaluation.items import EvalItem
 from aligngpt.evaluation.judge import Judge, JudgeRequest, RecordingJudge
 
@@ -138,11 +137,13 @@ class CircularEvaluator:
         if letter:
             return letter
         prompt = extractor_prompt(row)
-        for _ in range(EXTRACTOR_TRIES):
+        for attempt in range(EXTRACTOR_TRIES):
             if self.judge is None:
                 raise RuntimeError("MMBench CircularEval needs the GPT choice extractor: pass a judge")
             self.calls += 1
-            request = JudgeRequest.user(self.model, prompt, EXTRACTOR_TEMPERATURE, EXTRACTOR_MAX_TOKENS)
+            # Each try is a fresh sample at temperature 0.7 (officially a new API call), so it gets its own cache
+            # entry; the first try keeps the plain key.
+            request = JudgeRequest.user(self.model, prompt, EXTRACTOR_TEMPERATURE, EXTRACTOR_MAX_TOKENS, nonce=attempt)
             reply = self.judge.complete(request).strip()
             if API_FAILURE in reply:
                 continue
@@ -189,7 +190,6 @@ class MMBench(Benchmark):
     aliases = ("mmbench_en", "mmbench-en")
     max_new_tokens = LONG_MAX_NEW_TOKENS
     image_aspect_ratio = "pad"
-    convert_rgb = False
     judge_model = EXTRACTOR_MODEL
     question_files = ("mmbench_dev_20230712.tsv",)
     lang = "en"
@@ -312,12 +312,6 @@ class MMBenchCN(MMBench):
 
 
 def _write_xlsx_atomic(frame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".xlsx", dir=path.parent)
-    os.close(fd)
-    try:
-        frame.to_excel(tmp, index=False, engine="openpyxl")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    frame.to_excel(buffer, index=False, engine="openpyxl")
+    write_bytes_atomic(path, buffer.getvalue())

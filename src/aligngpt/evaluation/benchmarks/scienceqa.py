@@ -48,7 +48,6 @@ class ScienceQAImg(Benchmark):
     aliases = ("sqa", "scienceqa", "sqa_img", "scienceqa-img")
     max_new_tokens = LONG_MAX_NEW_TOKENS
     image_aspect_ratio = "square"
-    convert_rgb = False
     question_files = ("llava_test_CQM-A.json",)
     image_dirs = ("ScienceQA_DATA/test", "images/test", "test")
     problems_files = ("ScienceQA_DATA/problems.json", "problems.json")

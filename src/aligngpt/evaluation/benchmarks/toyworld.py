@@ -39,17 +39,32 @@ class ToyWorld(Benchmark):
         for name in self.sets:
             path = find_file(data_dir, (f"eval/{name}/questions.jsonl",), f"toy-world {name} question file")
             for question in read_jsonl(path):
-                meta = {"category": question.get("category"), "answer_fields": {"prompt": question["text"]}}
+                meta = {
+                    "set": name,
+                    "category": question.get("category"),
+                    "answer_fields": {"prompt": question["text"]},
+                }
                 items.append(
                     EvalItem(question["question_id"], data_dir / "images" / question["image"], question["text"], meta)
                 )
         return items
 
+    def limit_items(self, items: list[EvalItem], limit: int) -> list[EvalItem]:
+        """The first ``limit`` items of each set (not of captions + VQA + POPE combined)."""
+        kept: dict[str, int] = {}
+        chosen = []
+        for item in items:
+            name = item.meta["set"]
+            if kept.get(name, 0) < limit:
+                kept[name] = kept.get(name, 0) + 1
+                chosen.append(item)
+        return chosen
+
     def _score(self, data_dir: Path, predictions_path: Path, out_dir: Path, judge) -> dict:
         from aligngpt.toyworld.metrics import score_eval_dir
 
         predictions = {str(r["question_id"]): r["text"] for r in read_jsonl(predictions_path)}
-        scores = score_eval_dir(Path(data_dir) / "eval", predictions)
+        scores = score_eval_dir(Path(data_dir) / "eval", predictions, only_predicted=self.only_predicted)
         flat: dict = {"sets": scores}
         if "caption" in scores:
             flat.update({f"caption_{k}": v for k, v in scores["caption"].items() if k != "n"})

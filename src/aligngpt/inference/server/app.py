@@ -13,7 +13,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from aligngpt.processing import Segment
 STATIC_DIR = Path(__file__).parent / "static"
 MIB = 1024 * 1024
 NO_CONTENT = 204
+CLIENT_CLOSED_REQUEST = 499  # the client hung up before the answer was ready (nginx's convention)
 
 
 @dataclass
@@ -275,6 +276,25 @@ class ChatService:
                 prepared.stream_request.cancelled.set()
 
 
+async def _unless_disconnected(request: Request, work: Awaitable[dict]) -> dict | None:
+    """The result of ``work``, or ``None`` (``work`` cancelled) when the client disconnects first."""
+    answer = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not answer.done():
+            answer.cancel()
+    return answer.result() if answer in done else None
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client has gone (the ASGI server reports ``http.disconnect``; the body is already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _report_error(request: StreamRequest, err: Exception) -> None:
     sink = request.sink
     if isinstance(sink, _AsyncSink):
@@ -332,9 +352,12 @@ def create_app(
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(service.stream(prepared), media_type="text/event-stream", headers=headers)
         try:
-            return JSONResponse(await service.complete(prepared))
+            answer = await _unless_disconnected(request, service.complete(prepared))
         finally:
-            prepared.stream_request.cancelled.set()  # no-op when finished; frees the row if this task is cancelled
+            prepared.stream_request.cancelled.set()  # no-op when finished; frees the row of an abandoned request
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody is there to read it
+        return JSONResponse(answer)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:

@@ -24,6 +24,8 @@ ERROR_TYPES = {
     503: "server_error",
 }
 INTERNAL_ERROR = 500
+SERVICE_UNAVAILABLE = 503
+RETRY_AFTER_S = 1  # what a 503 (queue full, shutting down) tells clients to wait before retrying
 
 
 class APIError(Exception):
@@ -43,8 +45,12 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        headers = {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if self.status == SERVICE_UNAVAILABLE:
+            headers["Retry-After"] = str(RETRY_AFTER_S)
+        return JSONResponse(self.body(), status_code=self.status, headers=headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -77,6 +77,8 @@ class BatchScheduler:
         with self._cond:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:  # requests whose clients have gone give their slots back
+                self._waiting = deque(request for request in self._waiting if not request.cancelled.is_set())
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting (limit {self.max_queue})")
             self._waiting.append(request)
