@@ -1,6 +1,6 @@
 """Training recipes: which parameters train, at which learning-rate scale, and how the alignment token is built.
 
-A recipe is applied to a built model; it never changes which modules exist. Three recipes (SPEC §2):
+A recipe is applied to a built model; it never changes which modules exist. Four recipes:
 
 * ``pretrain`` (stage 1): projector + level table train, token ``A = E[level]`` from the data; all else frozen.
   ``train_llm_lr_scale`` also trains the LLM at ``lr x scale`` (an explicit toy-scale option, not the paper's recipe).
