@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import io
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -20,6 +22,30 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     imports what the tests import) plus the repository root, the hub offline, and ``extra``."""
     path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO_ROOT)]))
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **extra}
+
+
+def in_ci() -> bool:
+    """Whether this run is CI's (``CI`` set to true/1), which installs every optional integration."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_optional(available: bool, what: str) -> None:
+    """Skip the calling test (or module) when an optional integration is missing; under CI, which installs them all
+    (``make test``), fail instead, so that a broken install step cannot turn these tests into silent skips."""
+    if available:
+        return
+    if in_ci():
+        pytest.fail(f"{what} is missing in CI, which installs it (make test -> the Makefile's extras step)")
+    pytest.skip(f"{what} is not installed (optional; `make test` installs it)", allow_module_level=True)
+
+
+def require_module(name: str) -> None:
+    """:func:`require_optional` for an importable module (``deepspeed``, ``lmms_eval``, ``filelock._api``...)."""
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        found = False
+    require_optional(found, f"the Python module {name}")
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,14 +15,15 @@ import tomllib
 import torch
 from PIL import Image
 
-pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (optional; see docs/evaluation.md)")
+from tests.helpers import require_module, require_optional, tiny_model_dir
+
+require_module("lmms_eval")  # optional (see docs/evaluation.md); installed by `make test`
 
 from lmms_eval.api.instance import Instance  # noqa: E402
 from lmms_eval.models.registry_v2 import ModelRegistryV2  # noqa: E402
 
 from aligngpt.evaluation.lmms_eval_plugin import MODEL_ID, AlignGPTLmms, cut_at_stops, manifest  # noqa: E402
 from aligngpt.inference.pipeline import GenerationSettings  # noqa: E402
-from tests.helpers import tiny_model_dir  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -321,14 +321,11 @@ def _local_task(root: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("filelock._api") is None,
-    reason="lmms-eval 0.7.3's evaluator imports filelock._api, which filelock >= 4 removed (needs filelock<4)",
-)
 def test_lmms_eval_cli_runs_a_local_task(lm, model_dir, tmp_path):
+    # lmms-eval 0.7.3's evaluator imports filelock._api, which filelock >= 4 removed (needs filelock<4)
+    require_module("filelock._api")
     executable = Path(sys.executable).with_name("lmms-eval")
-    if not executable.is_file():
-        pytest.skip("the lmms-eval console script is not installed next to this Python")
+    require_optional(executable.is_file(), "the lmms-eval console script next to this Python")
     tasks = _local_task(tmp_path)
     site = _entry_point_site(tmp_path / "site")
     env = {

@@ -77,7 +77,7 @@ def _train_parameters() -> list[inspect.Parameter]:
 
 
 def train_command(**kwargs) -> None:
-    """Train an AlignGPT recipe: pretrain (stage 1), finetune (stage 2) or finetune-lora."""
+    """Train an AlignGPT recipe: pretrain (stage 1), finetune (stage 2), finetune-lora or finetune-qlora."""
     from aligngpt.training.config import resolve_config
     from aligngpt.training.engine import train
 
@@ -101,7 +101,7 @@ train_command.__annotations__ = {param.name: param.annotation for param in _para
 
 
 def merge_lora_command(
-    source: Path = typer.Argument(..., help="A finetune-lora output folder (model + lora_adapter/)."),
+    source: Path = typer.Argument(..., help="A finetune-lora or finetune-qlora output folder (model + lora_adapter/)."),
     destination: Path = typer.Argument(..., help="Where the merged model + processor go."),
     dtype: str | None = typer.Option(None, help="Save in this dtype (float32, bfloat16, float16)."),
 ) -> None:

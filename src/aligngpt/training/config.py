@@ -7,6 +7,8 @@ resolved config is written next to the outputs (``train_config.yaml``) so a run 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,7 +37,7 @@ def _opt(help_text: str, default: Any = None, group: str = "training") -> Any:
 class TrainConfig:
     """All settings of one training run (see ``docs/training.md``)."""
 
-    recipe: str = _opt("pretrain, finetune or finetune-lora.", "pretrain", "run")
+    recipe: str = _opt("pretrain, finetune, finetune-lora or finetune-qlora.", "pretrain", "run")
     data: str | None = _opt("LLaVA-format JSON / JSONL training data.", None, "run")
     image_root: str | None = _opt("Folder the records' 'image' paths are relative to.", None, "run")
     output_dir: str | None = _opt(
@@ -108,7 +110,7 @@ class TrainConfig:
     train_llm_lr_scale: float | None = _opt(
         "pretrain only: ALSO train the LLM at learning_rate x this (not the paper's recipe; toy worlds need it)."
     )
-    projector_lr_scale: float | None = _opt("Projector LR multiplier (default 1; 0.1 for finetune-lora).")
+    projector_lr_scale: float | None = _opt("Projector LR multiplier (default 1; 0.1 for the LoRA recipes).")
     lora_r: int = _opt("LoRA rank.", 128, "lora")
     lora_alpha: int = _opt("LoRA alpha.", 256, "lora")
     lora_dropout: float = _opt("LoRA dropout.", 0.05, "lora")
@@ -172,7 +174,7 @@ def resolve_config(
     if config.template is None:
         config.template = defaults.template
     if config.projector_lr_scale is None:
-        config.projector_lr_scale = 0.1 if config.recipe == "finetune-lora" else 1.0
+        config.projector_lr_scale = 0.1 if get_recipe(config.recipe).uses_lora else 1.0
     validate_config(config)
     return config
 
@@ -205,6 +207,14 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError("train_llm_lr_scale is a pretrain option (stage 2 trains the LLM anyway)")
     if config.deepspeed and config.fsdp_config:
         raise ValueError("choose DeepSpeed or FSDP, not both")
+    quantized = get_recipe(config.recipe).quantizes_llm
+    if quantized and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"{config.recipe} needs bitsandbytes, which is not installed: pip install 'aligngpt[qlora]'")
+    if quantized and config.deepspeed and deepspeed_zero_stage(config.deepspeed) == 3:
+        raise ValueError(
+            f"{config.recipe} cannot run under DeepSpeed ZeRO-3 ({config.deepspeed}): the 4-bit LLM is loaded whole "
+            "on every device; use ZeRO-2 (configs/zero2.json) or plain torchrun (DDP)"
+        )
     from_parts = config.vision_tower is not None or config.llm is not None
     if from_parts and (config.vision_tower is None or config.llm is None):
         raise ValueError("assembling a new model needs both vision_tower and llm")
@@ -217,6 +227,15 @@ def validate_config(config: TrainConfig) -> None:
             f"{config.recipe} starts from a stage-1 result: set model (our stage-1 output) or stage1_adapter "
             "(ours or an official mm_projector_align.bin)"
         )
+
+
+def deepspeed_zero_stage(path: str | os.PathLike) -> int:
+    """The ZeRO stage a DeepSpeed JSON config asks for (0 when it names none); unreadable files raise ``ValueError``."""
+    try:
+        settings = json.loads(Path(path).read_text())
+        return int(settings.get("zero_optimization", {}).get("stage", 0))
+    except (OSError, ValueError, AttributeError, TypeError) as err:
+        raise ValueError(f"DeepSpeed config {path}: cannot read its zero_optimization.stage ({err})") from None
 
 
 def save_resolved_config(config: TrainConfig, directory: str | os.PathLike) -> Path:

@@ -3,10 +3,10 @@
 Outputs in ``output_dir``: the model and processor in our HF format (safetensors), ``train_config.yaml`` (the
 resolved settings), ``run_inputs.json`` (what ``--resume`` checks, see ``run_record``), ``trainer_state.json``;
 after stage 1 also the adapter as ``stage1_adapter.safetensors`` (ours) and ``mm_projector_align.bin`` (official
-layout); after ``finetune-lora`` the base model plus ``lora_adapter/``. Checkpoints
-``checkpoints/checkpoint-<step>`` hold the whole model (level table included), optimizer, scheduler and RNG states
-and a copy of ``run_inputs.json``; they stay in their own folder so that the model folder holds only what loading
-the model needs.
+layout); after ``finetune-lora`` and ``finetune-qlora`` the base model (in full precision) plus ``lora_adapter/``.
+Checkpoints ``checkpoints/checkpoint-<step>`` hold the whole model (level table included), optimizer, scheduler and
+RNG states and a copy of ``run_inputs.json``; they stay in their own folder so that the model folder holds only
+what loading the model needs.
 """
 
 from __future__ import annotations
@@ -221,6 +221,11 @@ def train(config: TrainConfig) -> TrainResult:
     set_seed(config.seed)
     start = build_starting_point(config, recipe)
     model, processor = start.model, start.processor
+    full_precision_llm = None  # QLoRA: the LLM the 4-bit copy replaced, saved as the output's base model
+    if recipe.quantizes_llm:
+        from aligngpt.training.qlora import compute_dtype, quantize_language_model
+
+        full_precision_llm = quantize_language_model(model, args.device, compute_dtype(args.bf16, args.fp16))
     if recipe.uses_lora:
         targets = [name.strip() for name in config.lora_target_modules.split(",") if name.strip()]
         apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, targets)
@@ -276,6 +281,8 @@ def train(config: TrainConfig) -> TrainResult:
         if is_main_process():
             save_lora_adapter(trainer.accelerator.unwrap_model(trainer.model_wrapped), output_dir, state)
         strip_lora(model)
+    if full_precision_llm is not None:
+        model.language_model = full_precision_llm
     with without_weight_progress_bars():
         trainer.save_model(str(output_dir))
     skipped = dataset.skipped

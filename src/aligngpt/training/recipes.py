@@ -1,12 +1,13 @@
 """Training recipes: which parameters train, at which learning-rate scale, and how the alignment token is built.
 
-A recipe is applied to a built model; it never changes which modules exist. Three recipes (SPEC §2):
+A recipe is applied to a built model; it never changes which modules exist. Four recipes:
 
 * ``pretrain`` (stage 1): projector + level table train, token ``A = E[level]`` from the data; all else frozen.
   ``train_llm_lr_scale`` also trains the LLM at ``lr x scale`` (an explicit toy-scale option, not the paper's recipe).
 * ``finetune`` (stage 2): LLM + projector + gate train; level table and vision tower frozen; ``A`` from the
   model's ``alignment_mode`` (``adaptive`` = paper; ``global``/``local``/``uniform`` ablations; ``none`` = LLaVA-1.5).
 * ``finetune-lora``: as ``finetune`` but the LLM trains through LoRA adapters (peft); projector and gate fully.
+* ``finetune-qlora``: as ``finetune-lora`` with the LLM's linear layers held in 4 bits (``aligngpt.training.qlora``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Recipe(abc.ABC):
     stage: Stage
     defaults: RecipeDefaults
     uses_lora: bool = False
+    quantizes_llm: bool = False  # the LLM is loaded in 4 bits before LoRA is applied (QLoRA)
 
     def uses_levels(self, model: AlignGPTForConditionalGeneration) -> bool:
         """Whether every image sample must carry an alignment level: stage 1 with an alignment token, except
@@ -174,7 +176,7 @@ class FinetuneLoraRecipe(FinetuneRecipe):
             if "lora_" in name
         )
         if not lora:
-            raise ValueError("finetune-lora: the language model has no LoRA parameters (apply LoRA first)")
+            raise ValueError(f"{self.name}: the language model has no LoRA parameters (apply LoRA first)")
         return [
             ParamGroup("lora", lora),
             ParamGroup("projector", _named(model.projector, "projector"), options.projector_lr_scale),
@@ -182,8 +184,15 @@ class FinetuneLoraRecipe(FinetuneRecipe):
         ]
 
 
+class FinetuneQloraRecipe(FinetuneLoraRecipe):
+    """Stage 2 with LoRA on a 4-bit (NF4) LLM; projector and gate trained fully (full precision); level table frozen."""
+
+    name = "finetune-qlora"
+    quantizes_llm = True
+
+
 RECIPES: dict[str, Recipe] = {
-    recipe.name: recipe for recipe in (PretrainRecipe(), FinetuneRecipe(), FinetuneLoraRecipe())
+    recipe.name: recipe for recipe in (PretrainRecipe(), FinetuneRecipe(), FinetuneLoraRecipe(), FinetuneQloraRecipe())
 }
 
 
