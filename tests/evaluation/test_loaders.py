@@ -120,3 +120,19 @@ def test_open_image_reports_the_missing_path():
     item = get_benchmark("gqa").load(fixture_dir("gqa") / "inputs")[0]
     with pytest.raises(FileNotFoundError, match="n161313.jpg"):
         item.open_image()
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [("iVBORw0K", "cannot be opened|not a recognised image format"), ("abc", "base64 image is damaged")],
+)
+def test_open_image_names_the_question_of_a_damaged_base64_image(payload, named):
+    """MMBench images are base64 in the TSV: a cut-off image or broken base64 is a BadRecordError naming the
+    question, not a traceback (binascii.Error) or a PIL message with a BytesIO repr."""
+    from aligngpt.evaluation.io import BadRecordError
+    from aligngpt.evaluation.items import EvalItem
+
+    item = EvalItem("q7", None, "Which?", {"image_base64": payload})
+    with pytest.raises(BadRecordError, match=rf"question 'q7'.*({named})") as err:
+        item.open_image()
+    assert "0x" not in str(err.value)
