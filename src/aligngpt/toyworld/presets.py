@@ -42,7 +42,7 @@ class DemoPreset:
     variants: tuple[str, ...] = (ALIGNGPT, BASELINE)
     pretrain_lr: float = 1e-3
     finetune_lr: float = 1e-3
-    llm_lr_scale: float = 1.0  # stage 1 also trains the LLM, at the projector's LR (toy recipe, docs/toyworld.md)
+    llm_lr_scale: float = 0.5  # stage 1 also trains the LLM at half the LR (toy recipe, see docs/toyworld.md)
     image_pool_stride: int = 2  # 6x6 patches -> 9 image tokens
     # > 1 sorts the samples of that many steps by length: 1.6x faster steps here, but stage 2 then failed to converge
     # (docs/toyworld.md), so the presets keep the official order.
