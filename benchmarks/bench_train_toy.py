@@ -80,8 +80,18 @@ def stage_settings(paths: dict[str, Path], stage: str, steps: int, changes: dict
 WALL = False  # set by --wall
 
 
-def timed_run(settings: dict, output_dir: Path) -> list[float]:
-    """Train with ``settings`` into ``output_dir``; returns the step times (seconds)."""
+class ProfilerSteps(TrainerCallback):
+    """Advances a ``torch.profiler`` schedule at every optimizer step."""
+
+    def __init__(self, profiler) -> None:
+        self.profiler = profiler
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.profiler.step()
+
+
+def timed_run(settings: dict, output_dir: Path, extra_callbacks: tuple = ()) -> list[float]:
+    """Train with ``settings`` into ``output_dir``; returns the step times (seconds) after the warm-up steps."""
     from aligngpt.training import engine, trainer
     from aligngpt.training.config import resolve_config
 
@@ -91,7 +101,8 @@ def timed_run(settings: dict, output_dir: Path) -> list[float]:
     class ClockedTrainer(original):  # type: ignore[misc, valid-type]
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.add_callback(clock)
+            for callback in (clock, *extra_callbacks):
+                self.add_callback(callback)
 
     trainer.AlignGPTTrainer = ClockedTrainer  # train() imports it at call time
     try:
@@ -126,25 +137,56 @@ def compare(paths: dict[str, Path], stage: str, steps: int, repeats: int, change
           f"(medians of {repeats} interleaved runs x {steps - WARMUP_STEPS} steps; runs: {runs})")  # fmt: skip
 
 
+# Operator name -> category of the breakdown (first match wins); everything else counts as other tensor ops.
+PROFILE_CATEGORIES = (
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
+    ("attention (SDPA kernels)", ("scaled_dot_product",)),
+    ("optimizer (fused AdamW) and gradient clipping", ("Optimizer.", "_fused_adam", "foreach", "clip_grad",
+                                                       "linalg_vector_norm")),
+    ("Python between operators (model code, Trainer loop)", ("ProfilerStep",)),
+    ("autograd engine bookkeeping", ("autograd::engine",)),
+    ("data: dataset, collator (Python)", ("enumerate(DataLoader)",)),
+    ("elementwise: mul/add/silu/rsqrt/pow/mean...", ("aten::mul", "aten::add", "aten::silu", "aten::rsqrt",
+                                                   "aten::pow", "aten::mean", "aten::neg", "aten::div", "aten::gelu",
+                                                   "aten::sub", "aten::exp", "aten::cos", "aten::sin")),
+    ("copies, casts, indexing, cat", ("aten::copy_", "aten::to", "aten::cat", "aten::index", "aten::gather",
+                                      "aten::scatter", "aten::where", "aten::slice", "aten::fill_", "aten::zero_")),
+    ("loss (log-softmax, NLL)", ("log_softmax", "nll_loss", "cross_entropy")),
+)  # fmt: skip
+
+
+def _category(name: str) -> str:
+    for category, patterns in PROFILE_CATEGORIES:
+        if any(pattern in name for pattern in patterns):
+            return category
+    return "other tensor ops"
+
+
 def profile(paths: dict[str, Path], stage: str, steps: int, changes: dict) -> None:
-    """One run under ``torch.profiler``: self CPU time by operator, summed into model / optimizer / other."""
-    from torch.profiler import ProfilerActivity
+    """Profile ``steps`` optimizer steps after the warm-up: self CPU time by category and by operator; what no
+    operator accounts for is Python between the operators (model code, Trainer loop, callbacks)."""
+    from torch.profiler import ProfilerActivity, schedule
     from torch.profiler import profile as torch_profile
 
-    settings = stage_settings(paths, stage, steps, changes)
+    settings = stage_settings(paths, stage, WARMUP_STEPS + 1 + steps, changes)
     timed_run(settings, paths["root"] / "runs" / f"{stage}-warm")  # imports and caches outside the profile
-    start = time.perf_counter()
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        timed_run(settings, paths["root"] / "runs" / f"{stage}-profiled")
-    wall = time.perf_counter() - start
+    with torch_profile(activities=[ProfilerActivity.CPU],
+                       schedule=schedule(wait=WARMUP_STEPS, warmup=1, active=steps, repeat=1)) as prof:  # fmt: skip
+        times = timed_run(settings, paths["root"] / "runs" / f"{stage}-profiled", (ProfilerSteps(prof),))
+    step_seconds = sum(times[1:])  # the profiled steps: after the warm-up steps and the profiler's own warm-up
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    print(f"{stage}: {steps} steps profiled in {wall:.1f} s wall; top operators by self CPU time:")
-    for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:25]:
-        print(
-            f"  {event.key:<55} {event.self_cpu_time_total / 1e6:7.2f} s  {event.self_cpu_time_total / total:6.1%}"
-            f"  calls {event.count}"
-        )
+    by_category: dict[str, float] = {}
+    for event in events:
+        by_category[_category(event.key)] = by_category.get(_category(event.key), 0.0) + event.self_cpu_time_total
+    total = sum(by_category.values())  # the profiler's own (wall) clock; ProfilerStep* holds the Python in between
+    print(f"{stage}: {steps} steps, {step_seconds / steps * 1e3:.1f} ms CPU per step under the profiler "
+          f"({total / 1e3 / steps:.1f} ms by the profiler's clock)")  # fmt: skip
+    for category, micros in sorted(by_category.items(), key=lambda item: -item[1]):
+        print(f"  {category:<55} {micros / 1e3 / steps:7.1f} ms/step  {micros / total:6.1%}")
+    print("  top operators:")
+    for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]:
+        print(f"    {event.key[:60]:<60} {event.self_cpu_time_total / 1e3 / steps:7.2f} ms/step  calls/step "
+              f"{event.count / steps:.0f}  [{_category(event.key)}]")  # fmt: skip
 
 
 def main() -> None:

@@ -125,7 +125,6 @@ def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress:
     return {
         "image_root": str(world / "images"),
         "seed": seed,
-        "per_device_train_batch_size": preset.micro_batch_size,
         # the sampler that sorts a step's samples into length-homogeneous accumulation rounds (all stages)
         "group_by_modality_length": True,
         "cache_vision_features": True,
@@ -148,6 +147,7 @@ def stage1_settings(preset: DemoPreset, out: Path, world: Path, zoo: Path, score
         **_common_train_settings(preset, world, seed, progress),
         "recipe": "pretrain",
         "global_batch_size": preset.pretrain_batch_size,
+        "per_device_train_batch_size": preset.pretrain_micro_batch_size,
         "data": str(scored),
         "output_dir": str(out / "runs" / f"seed{seed}" / f"{variant}-stage1"),
         # one feature cache per data file, shared by every run (its fingerprint covers the tower and pooling)
@@ -170,6 +170,7 @@ def stage2_settings(preset: DemoPreset, out: Path, world: Path, variant: str, se
         **_common_train_settings(preset, world, seed, progress),
         "recipe": "finetune",
         "global_batch_size": preset.finetune_batch_size,
+        "per_device_train_batch_size": preset.finetune_micro_batch_size,
         "data": str(world / "finetune.json"),
         "output_dir": str(out / "runs" / f"seed{seed}" / variant),
         "vision_feature_cache": str(out / "features" / "finetune.safetensors"),

@@ -120,7 +120,7 @@ def _save(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=PLOT_DPI)
+    figure.savefig(buffer, format="png", dpi=PLOT_DPI, bbox_inches="tight")  # keep outer labels
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
 
