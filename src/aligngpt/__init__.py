@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from aligngpt import registration as _registration
+
 __version__ = "0.1.0"
+
+# AutoConfig / AutoModel / AutoModelForImageTextToText know "aligngpt_vlm" after only ``import aligngpt``; lazily,
+# so that this import stays free of torch (see aligngpt.registration).
+_registration.install()
 
 
 def load(*args, **kwargs):

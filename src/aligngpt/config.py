@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+from aligngpt.registration import ensure_model_classes_registered
 
 MODEL_TYPE = "aligngpt_vlm"
 
@@ -16,7 +21,8 @@ ALIGNMENT_TOKEN_ID = -201
 
 PROJECTOR_TYPES = ("linear", "identity", "mlpNx_gelu")
 FEATURE_SELECTIONS = ("patch", "cls_patch", "all")
-ALIGNMENT_MODES = ("adaptive", "global", "local", "uniform", "fixed:<k>", "none")
+ALIGNMENT_KINDS = ("adaptive", "global", "local", "uniform", "fixed", "none")
+_FIXED_PREFIX = "fixed:"
 IMAGE_ASPECT_RATIOS = ("pad", "square")
 
 # Vision encoders whose sequence starts with a CLS token (SigLIP and similar have none).
@@ -35,17 +41,92 @@ _CLIP_L_336 = {
 }
 
 
-def parse_alignment_mode(mode: str) -> tuple[str, int | None]:
-    """Split ``"fixed:<k>"`` into ``("fixed", k)``; other known modes give ``(mode, None)``.
+@dataclass(frozen=True)
+class AlignmentMode:
+    """How the alignment embedding ``a`` is built; serialised as ``adaptive``, ``global``, ``local``, ``uniform``,
+    ``fixed:<k>`` or ``none`` (``str(mode)`` / :meth:`parse` round-trip).
 
-    Raises ``ValueError`` naming the known modes for anything else.
+    ``kind`` is one of :data:`ALIGNMENT_KINDS`; ``fixed_level`` is ``k`` for ``fixed`` and ``None`` otherwise.
     """
-    if mode in ("adaptive", "global", "local", "uniform", "none"):
-        return mode, None
-    match = re.fullmatch(r"fixed:(\d+)", mode)
-    if match:
-        return "fixed", int(match.group(1))
-    raise ValueError(f"Unknown alignment_mode {mode!r}; known modes: {', '.join(ALIGNMENT_MODES)}")
+
+    kind: str
+    fixed_level: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in ALIGNMENT_KINDS:
+            raise ValueError(f"Unknown alignment_mode {self.kind!r}; known modes: {_known_modes()}")
+        if (self.kind == "fixed") != (self.fixed_level is not None):
+            raise ValueError("fixed_level is given exactly for the 'fixed' alignment mode")
+        if self.fixed_level is not None and self.fixed_level < 0:
+            raise ValueError(f"alignment_mode fixed:{self.fixed_level} needs a level >= 0")
+
+    @staticmethod
+    def parse(text: str) -> AlignmentMode:
+        """``"fixed:7"`` -> ``AlignmentMode("fixed", 7)``, ``"adaptive"`` -> ``AlignmentMode("adaptive")``.
+
+        Raises ``ValueError`` naming the known modes for anything else.
+        """
+        if not isinstance(text, str):
+            raise ValueError(f"alignment_mode must be a string such as 'adaptive' or 'fixed:7', got {text!r}")
+        return _parse_mode(text)
+
+    def __str__(self) -> str:
+        return f"{_FIXED_PREFIX}{self.fixed_level}" if self.kind == "fixed" else self.kind
+
+    @property
+    def uses_alignment_token(self) -> bool:
+        """False for ``none`` (plain LLaVA-1.5: no alignment slot at all)."""
+        return self.kind != "none"
+
+    @property
+    def uses_gate(self) -> bool:
+        """Whether ``a`` depends on the gate network (``adaptive``, ``local``)."""
+        return self.kind in ("adaptive", "local")
+
+    @property
+    def reads_levels(self) -> bool:
+        """Whether stage 1 builds ``a = E[level]`` from each sample's level: every mode with an alignment token except
+        ``fixed``, whose token is ``E[k]`` for every sample (a learned prefix token that ignores the levels)."""
+        return self.uses_alignment_token and self.kind != "fixed"
+
+    def check_levels(self, num_levels: int) -> None:
+        """Raise ``ValueError`` when a fixed level lies outside the level table ``0..num_levels-1``."""
+        if self.fixed_level is not None and not self.fixed_level < num_levels:
+            raise ValueError(f"alignment_mode {str(self)!r} is outside 0..{num_levels - 1}")
+
+    def level_coefficients(self, num_levels: int, alpha: Sequence[float] | None) -> list[float] | None:
+        """Weight of each of the ``num_levels`` level rows in ``a`` (the last row is the global level).
+
+        ``alpha`` is the gate's softmax over the ``num_levels - 1`` local levels; modes with a gate give ``None``
+        without it, and ``none`` always does.
+        """
+        if self.kind == "none":
+            return None
+        if self.kind == "fixed":
+            return [1.0 if i == self.fixed_level else 0.0 for i in range(num_levels)]
+        if self.kind == "global":
+            return [0.0] * (num_levels - 1) + [1.0]
+        if self.kind == "uniform":
+            return [1.0 / (num_levels - 1)] * (num_levels - 1) + [1.0]
+        if alpha is None:
+            return None
+        return list(alpha) + ([1.0] if self.kind == "adaptive" else [0.0])
+
+
+@functools.cache
+def _parse_mode(text: str) -> AlignmentMode:
+    if text.startswith(_FIXED_PREFIX):
+        level = text[len(_FIXED_PREFIX) :]
+        if not (level.isascii() and level.isdigit()):
+            raise ValueError(f"Unknown alignment_mode {text!r}; known modes: {_known_modes()}")
+        return AlignmentMode("fixed", int(level))
+    if text == "fixed":
+        raise ValueError(f"alignment_mode 'fixed' needs a level: {_FIXED_PREFIX}<k>")
+    return AlignmentMode(text)
+
+
+def _known_modes() -> str:
+    return ", ".join(f"{_FIXED_PREFIX}<k>" if kind == "fixed" else kind for kind in ALIGNMENT_KINDS)
 
 
 def projector_depth(projector_type: str) -> int:
@@ -110,8 +191,8 @@ class AlignGPTConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        ensure_model_classes_registered()
         projector_depth(self.projector_type)
-        parse_alignment_mode(self.alignment_mode)
         if self.vision_feature_select not in FEATURE_SELECTIONS:
             raise ValueError(
                 f"Unknown vision_feature_select {self.vision_feature_select!r}; known: {FEATURE_SELECTIONS}"
@@ -125,9 +206,7 @@ class AlignGPTConfig(PreTrainedConfig):
             raise ValueError(f"Unknown image_aspect_ratio {self.image_aspect_ratio!r}; known: {IMAGE_ASPECT_RATIOS}")
         if self.num_alignment_levels < 2:
             raise ValueError("num_alignment_levels must be at least 2 (one global and one local level)")
-        kind, level = parse_alignment_mode(self.alignment_mode)
-        if kind == "fixed" and not 0 <= level < self.num_alignment_levels:
-            raise ValueError(f"alignment_mode {self.alignment_mode!r} is outside 0..{self.num_alignment_levels - 1}")
+        self.alignment.check_levels(self.num_alignment_levels)
         if self.patch_grid_size % self.image_pool_stride:
             raise ValueError(
                 f"image_pool_stride {self.image_pool_stride} does not divide the patch grid {self.patch_grid_size}"
@@ -147,22 +226,40 @@ class AlignGPTConfig(PreTrainedConfig):
         )
         return tokens + int(keeps_cls)
 
+    def __setattr__(self, key, value):
+        # Every assignment of the mode (init, ``from_pretrained(..., alignment_mode=...)``, later edits) is checked
+        # here, so ``self.alignment`` never fails later; the field keeps the string form that config.json stores.
+        if key == "alignment_mode":
+            mode = value if isinstance(value, AlignmentMode) else AlignmentMode.parse(value)
+            if "num_alignment_levels" in self.__dict__:
+                mode.check_levels(self.num_alignment_levels)
+            value = str(mode)
+        super().__setattr__(key, value)
+
+    @property
+    def alignment(self) -> AlignmentMode:
+        """The parsed ``alignment_mode``."""
+        return AlignmentMode.parse(self.alignment_mode)
+
     @property
     def uses_alignment_token(self) -> bool:
         """False for ``alignment_mode='none'`` (plain LLaVA-1.5)."""
-        return self.alignment_mode != "none"
+        return self.alignment.uses_alignment_token
 
     @property
     def uses_gate(self) -> bool:
         """Whether the alignment embedding depends on the gate network."""
-        return parse_alignment_mode(self.alignment_mode)[0] in ("adaptive", "local")
+        return self.alignment.uses_gate
 
+
+AutoConfig.register(MODEL_TYPE, AlignGPTConfig, exist_ok=True)
 
 __all__ = [
+    "ALIGNMENT_KINDS",
     "ALIGNMENT_TOKEN_ID",
     "IMAGE_TOKEN_ID",
     "AlignGPTConfig",
-    "parse_alignment_mode",
+    "AlignmentMode",
     "projector_depth",
     "vision_has_cls_token",
     "MODEL_TYPE",

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from aligngpt.config import parse_alignment_mode
 from aligngpt.model_files import check_model_source, verify_model_folder, without_weight_progress_bars
 from aligngpt.modeling import AlignGPTForConditionalGeneration
 from aligngpt.processing import IMAGE_PLACEHOLDER, AlignGPTProcessor, ChatTemplate, get_template
@@ -210,19 +209,7 @@ class AlignGPTPipeline:
     def level_coefficients(self, alpha: Sequence[float] | None) -> list[float] | None:
         """Weight of each level row in the alignment embedding, from the gate weights and the alignment mode."""
         config = self.model.config
-        if not config.uses_alignment_token:
-            return None
-        levels = config.num_alignment_levels
-        mode, fixed = parse_alignment_mode(config.alignment_mode)
-        if mode == "fixed":
-            return [1.0 if i == fixed else 0.0 for i in range(levels)]
-        if mode == "global":
-            return [0.0] * (levels - 1) + [1.0]
-        if mode == "uniform":
-            return [1.0 / (levels - 1)] * (levels - 1) + [1.0]
-        if alpha is None:
-            return None
-        return list(alpha) + ([1.0] if mode == "adaptive" else [0.0])
+        return config.alignment.level_coefficients(config.num_alignment_levels, alpha)
 
 
 def _generate_no_grad(model, kwargs) -> None:

@@ -1,8 +1,8 @@
 """AlignGPT model: vision tower, projector, alignment module and language model."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoModel, AutoModelForImageTextToText
 
-from aligngpt.config import MODEL_TYPE, AlignGPTConfig
+from aligngpt.config import AlignGPTConfig
 from aligngpt.modeling.aligngpt import (
     IGNORE_INDEX,
     AlignGPTForConditionalGeneration,
@@ -13,7 +13,7 @@ from aligngpt.modeling.alignment import AlignmentModule
 from aligngpt.modeling.build import build_from_pretrained_parts, load_vision_tower
 from aligngpt.modeling.projector import Projector
 
-AutoConfig.register(MODEL_TYPE, AlignGPTConfig, exist_ok=True)
+# There is no separate base model (llava's ``LlavaModel``): ``AutoModel`` gives the generation class too.
 AutoModel.register(AlignGPTConfig, AlignGPTForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(AlignGPTConfig, AlignGPTForConditionalGeneration, exist_ok=True)
 

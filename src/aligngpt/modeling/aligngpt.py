@@ -9,12 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from aligngpt.config import AlignGPTConfig
 from aligngpt.modeling.alignment import AlignmentModule
 from aligngpt.modeling.projector import Projector
-from aligngpt.modeling.vision import build_vision_tower, encode_images
+from aligngpt.modeling.vision import build_vision_tower, run_vision_tower, select_image_features
 
 IGNORE_INDEX = -100
 LOSS_POSITIONS = ("all", "supervised")
@@ -103,16 +105,38 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
     # --- pieces of the forward pass ------------------------------------------------------------------------------
     def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Frozen-tower features ``[n_images, num_image_tokens, d_vision]`` (cacheable: they never change)."""
-        return encode_images(self.vision_tower, pixel_values, self.config)
+        outputs = run_vision_tower(self.vision_tower, pixel_values)
+        return select_image_features(outputs.hidden_states[self.config.vision_feature_layer], self.config)
 
-    def get_image_features(
-        self, pixel_values: torch.Tensor | None = None, vision_features: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Projected image tokens ``[n_images, num_image_tokens, d_text]`` from pixels or cached tower features."""
-        if vision_features is None:
-            vision_features = self.get_vision_features(pixel_values)
+    def project_vision_features(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """Projected image tokens ``[n_images, num_image_tokens, d_text]`` from tower features (fresh or cached)."""
         projector_dtype = next(self.projector.parameters(), vision_features).dtype
         return self.projector(vision_features.to(projector_dtype))
+
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
+        """Vision tower and projector on ``pixel_values`` ``[n_images, 3, H, W]``, as transformers' image-text models.
+
+        ``kwargs`` go to the vision tower (``output_attentions``, ...); ``output_hidden_states`` (default: the config's)
+        decides whether its hidden states are returned. ``return_dict=False`` (or ``config.return_dict=False``) gives
+        the non-``None`` fields as a tuple.
+
+        Returns:
+            ``last_hidden_state`` ``[n_images, seq, d_vision]``: the tower's last layer; ``pooler_output``
+            ``[n_images, num_image_tokens, d_text]``: the image tokens the LLM receives; ``hidden_states`` /
+            ``attentions``: the tower's, when asked for.
+        """
+        want_hidden = kwargs.pop("output_hidden_states", None)
+        if want_hidden is None:
+            want_hidden = self.config.output_hidden_states
+        outputs = run_vision_tower(self.vision_tower, pixel_values, **kwargs)
+        selected = select_image_features(outputs.hidden_states[self.config.vision_feature_layer], self.config)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.project_vision_features(selected),
+            hidden_states=outputs.hidden_states if want_hidden else None,
+            attentions=getattr(outputs, "attentions", None),
+        )
 
     def _special_masks(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Boolean ``[B, L]`` masks of image positions and alignment slots."""
@@ -166,7 +190,9 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
             if n_align:
                 raise ValueError(f"input_ids hold {n_align} alignment slots but no image positions")
             return text_embeds, None
-        features = self.get_image_features(pixel_values, vision_features)
+        if vision_features is None:
+            vision_features = self.get_vision_features(pixel_values)
+        features = self.project_vision_features(vision_features)
         if features.shape[0] * features.shape[1] != n_positions or features.shape[0] != n_image_rows:
             raise ValueError(
                 f"{features.shape[0]} images x {features.shape[1]} tokens do not fill {n_positions} image positions in "
@@ -194,6 +220,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
         return embeds, weights
 
     # --- forward -----------------------------------------------------------------------------------------------
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -209,7 +236,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
         logits_to_keep: int = 0,
         loss_positions: str = "all",
         **kwargs,
-    ) -> AlignGPTOutput:
+    ) -> AlignGPTOutput | tuple:
         """Multimodal causal-LM forward.
 
         Args:
@@ -223,11 +250,31 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
             logits_to_keep: if > 0, compute logits only for the last ``logits_to_keep`` positions.
             loss_positions: ``"all"`` returns full logits; ``"supervised"`` (training) applies the LM head only where
                 a label is supervised, which saves the ``[B, L, V]`` logits tensor.
+            return_dict: ``False`` (or ``config.return_dict=False``) returns the non-``None`` output fields as a tuple.
+            inputs_embeds: ``[B, L, d]`` instead of ``input_ids``, text only: the image positions are marked in
+                ``input_ids`` by ids that have no embedding, so they cannot be found in ``inputs_embeds``. For images,
+                pass ``input_ids``, or build ``inputs_embeds`` with :meth:`embed_inputs`.
         """
         if loss_positions not in LOSS_POSITIONS:
             raise ValueError(f"loss_positions must be one of {LOSS_POSITIONS}, got {loss_positions!r}")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is not None:
+            given = [
+                name
+                for name, value in (
+                    ("pixel_values", pixel_values),
+                    ("vision_features", vision_features),
+                    ("alignment_levels", alignment_levels),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{' and '.join(given)} cannot be used with inputs_embeds: the image and alignment positions are "
+                    "marked in input_ids, not in embeddings. Pass input_ids instead, or build inputs_embeds with "
+                    "model.embed_inputs(input_ids, attention_mask, pixel_values)"
+                )
         alignment_weights = None
         if inputs_embeds is None:
             inputs_embeds, alignment_weights = self.embed_inputs(
@@ -242,6 +289,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden = outputs.last_hidden_state

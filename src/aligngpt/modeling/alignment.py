@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aligngpt.config import AlignGPTConfig, parse_alignment_mode
+from aligngpt.config import AlignGPTConfig
 
 
 class AlignmentModule(nn.Module):
@@ -69,16 +69,16 @@ class AlignmentModule(nn.Module):
             if levels.numel() and (levels.min() < 0 or levels.max() >= table.shape[0]):
                 raise ValueError(f"alignment level ids must lie in 0..{table.shape[0] - 1}, got {levels.tolist()}")
             return table[levels], None
-        mode, fixed_level = parse_alignment_mode(self.config.alignment_mode)
+        mode = self.config.alignment
         global_row, local_rows = table[-1], table[:-1]
-        if mode == "fixed":
-            return table[fixed_level].expand(n, -1), None
-        if mode == "global":
+        if mode.kind == "fixed":
+            return table[mode.fixed_level].expand(n, -1), None
+        if mode.kind == "global":
             return global_row.expand(n, -1), None
-        if mode == "uniform":
+        if mode.kind == "uniform":
             return (local_rows.mean(0) + global_row).expand(n, -1), None
-        if mode in ("adaptive", "local"):
+        if mode.uses_gate:
             alpha = self.gate_weights(image_features, text_mean)
             mixed = alpha @ local_rows
-            return (mixed + global_row if mode == "adaptive" else mixed), alpha
-        raise ValueError(f"alignment_mode {self.config.alignment_mode!r} has no alignment embedding")
+            return (mixed + global_row if mode.kind == "adaptive" else mixed), alpha
+        raise ValueError(f"alignment_mode {str(mode)!r} has no alignment embedding")

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel
+from transformers.utils import ModelOutput
 
 from aligngpt.config import AlignGPTConfig, vision_has_cls_token
 
@@ -39,14 +40,13 @@ def select_image_features(hidden_states: torch.Tensor, config: AlignGPTConfig) -
     return patches
 
 
-def encode_images(vision_tower: nn.Module, pixel_values: torch.Tensor, config: AlignGPTConfig) -> torch.Tensor:
-    """Run the tower and return the selected features ``[n_images, num_image_tokens, d_vision]``.
+def run_vision_tower(vision_tower: nn.Module, pixel_values: torch.Tensor, **kwargs) -> ModelOutput:
+    """The tower's outputs on ``pixel_values`` ``[n_images, 3, H, W]``, with every layer's hidden states.
 
-    The tower runs without autograd when none of its parameters train (the usual, frozen case).
+    The tower runs without autograd when none of its parameters train (the usual, frozen case). ``kwargs`` go to the
+    tower (``output_attentions``, ...).
     """
     first_param = next(vision_tower.parameters())
     trains = any(p.requires_grad for p in vision_tower.parameters()) and torch.is_grad_enabled()
     with torch.set_grad_enabled(trains):
-        outputs = vision_tower(pixel_values.to(first_param.dtype), output_hidden_states=True)
-        layer = outputs.hidden_states[config.vision_feature_layer]
-    return select_image_features(layer, config)
+        return vision_tower(pixel_values.to(first_param.dtype), output_hidden_states=True, return_dict=True, **kwargs)

@@ -30,7 +30,11 @@ class StartingPointError(UserError, ValueError):
 
 
 def build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
-    """Load or assemble the model for ``recipe``; raises ``StartingPointError`` when stage 2 would start untrained."""
+    """Load or assemble the model for ``recipe``; raises ``StartingPointError`` when stage 2 would start untrained.
+
+    The processor is made from the model's final config, so its alignment slot, aspect ratio and length limit are
+    the model's.
+    """
     for source in (config.model, config.vision_tower, config.llm):
         if source is not None:
             check_model_source(source)
@@ -49,11 +53,7 @@ def _build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
             config.model, output_loading_info=True, **overrides
         )
         level_table_trained = LEVEL_TABLE_KEY not in info["missing_keys"]
-        processor = AlignGPTProcessor.from_pretrained(
-            config.model,
-            use_alignment_token=model.config.uses_alignment_token,
-            model_max_length=config.model_max_length,
-        )
+        text_source = image_source = config.model
     else:
         vision_config = AutoConfig.from_pretrained(config.vision_tower)
         vision_config = getattr(vision_config, "vision_config", vision_config)
@@ -69,9 +69,7 @@ def _build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
         if config.chat_template_name:
             model_kwargs["chat_template_name"] = config.chat_template_name
         model = build_from_pretrained_parts(config.vision_tower, config.llm, **model_kwargs)
-        processor = AlignGPTProcessor.from_config(
-            model.config, load_tokenizer(config.llm), load_image_processor(config.vision_tower)
-        )
+        text_source, image_source = config.llm, config.vision_tower
     model.config.model_max_length = config.model_max_length
     if config.stage1_adapter is not None:
         notes += load_stage1_adapter(model, config.stage1_adapter)
@@ -85,5 +83,7 @@ def _build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
     if recipe.stage == "finetune":
         # The aspect-ratio handling stage 2 trains with is the one inference must use.
         model.config.image_aspect_ratio = config.image_aspect_ratio
-        processor.image_aspect_ratio = config.image_aspect_ratio
+    processor = AlignGPTProcessor.from_config(
+        model.config, load_tokenizer(text_source), load_image_processor(image_source)
+    )
     return StartingPoint(model, processor, notes)

@@ -63,10 +63,7 @@ class Recipe(abc.ABC):
     def uses_levels(self, model: AlignGPTForConditionalGeneration) -> bool:
         """Whether every image sample must carry an alignment level: stage 1 with an alignment token, except
         ``fixed:<k>``, whose token is ``E[k]`` for every sample (a learned prefix token that ignores the levels)."""
-        from aligngpt.config import parse_alignment_mode
-
-        fixed = parse_alignment_mode(model.config.alignment_mode)[0] == "fixed"
-        return self.stage == "pretrain" and model.config.uses_alignment_token and not fixed
+        return self.stage == "pretrain" and model.config.alignment.reads_levels
 
     @abc.abstractmethod
     def param_groups(self, model: nn.Module, options: RecipeOptions) -> list[ParamGroup]:
