@@ -13,8 +13,8 @@ def demo(
     full: bool = typer.Option(
         False,
         "--full",
-        help="3 seeds, a stage 1 long enough for stage 2 to converge, and the global/local/uniform ablations; "
-        "about 54 min on 2 cores (docs/toyworld.md). Add the prefix control with --variants.",
+        help="3 seeds and the global/local/uniform ablations with the default recipe; about 23 min on 2 cores "
+        "(docs/toyworld.md). Add the prefix control with --variants.",
     ),
     size: str = typer.Option("default", "--size", help="default, or smoke (tiny sizes, a few steps: a quick check)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Trainings run in parallel, one torch thread each."),
