@@ -5,7 +5,7 @@ conversation with the stage's template and tokenises it with the processor. Bad 
 ``error`` raises a message naming the file, line, record and problem; ``skip`` writes the record to the report file
 and returns the next usable record instead (deterministically, so runs and resumes stay reproducible).
 
-Image placement is normalised as the official training does (SPEC §3.1): every turn holding ``<image>`` becomes
+Image placement is normalised as the official training does (docs/data.md): every turn holding ``<image>`` becomes
 ``"<image>\\n" + rest.strip()``.
 """
 

@@ -1,4 +1,4 @@
-"""Modality-length-grouped sampling (SPEC §2.3) with a strict single-modality guarantee per micro-batch.
+"""Modality-length-grouped sampling (docs/data.md) with a strict single-modality guarantee per micro-batch.
 
 Lengths follow the official convention: whitespace word count of all turns, positive for image records and
 negative for text-only ones (``modality_lengths``). The sampler yields a global index order; consecutive runs

@@ -39,9 +39,9 @@ class ValidationConfig:
     """What to check.
 
     ``image_root=None`` skips the image-file checks. ``stage="pretrain"`` requires a level on every record and
-    no text-only records (SPEC §9 item 9). ``length_of(record)`` (e.g. from the processor) gives the token
+    no text-only records (docs/data.md). ``length_of(record)`` (e.g. from the processor) gives the token
     length after image expansion; records longer than ``model_max_length`` are reported, and an exception
-    raised by ``length_of`` (e.g. a loss mask that cannot be built, SPEC §9 item 26) is reported as
+    raised by ``length_of`` (e.g. a loss mask that cannot be built, docs/data.md) is reported as
     ``length_error``.
     """
 

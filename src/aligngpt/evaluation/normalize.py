@@ -1,6 +1,6 @@
-"""EvalAI / m4c answer normalisation and the 10-annotator VQA soft accuracy (SPEC §6.2).
+"""EvalAI / m4c answer normalisation and the 10-annotator VQA soft accuracy (docs/evaluation.md).
 
-Behaviour is kept bit-for-bit, including two quirks that define the metric (SPEC §9 item 24):
+Behaviour is kept bit-for-bit, including two quirks that define the metric (docs/evaluation.md):
 the period regex's look-behind is mistyped (so a ``.`` *preceded* by a digit is deleted too), and at most
 32 periods are deleted (the official call passes the ``re.UNICODE`` flag value, 32, as the count).
 Also, commas are removed before the digit-comma-digit test, so that test can never fire.
@@ -82,7 +82,7 @@ def _digits_and_articles(text: str) -> str:
 
 
 def normalize_vqa_answer(text: str) -> str:
-    """EvalAI/m4c normalisation of one answer (steps 1-4 of SPEC §6.2)."""
+    """EvalAI/m4c normalisation of one answer (steps 1-4 of the normalisation in docs/evaluation.md)."""
     text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = text.replace("\n", " ").replace("\t", " ").strip()
     return _digits_and_articles(_punctuation(text))

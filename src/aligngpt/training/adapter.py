@@ -2,7 +2,7 @@
 
 * ours: ``stage1_adapter.safetensors`` with our parameter names (``projector.*``, ``alignment.level_embeddings``);
 * official: ``mm_projector_align.bin`` (``torch.save`` dict; ``mm_projector.*``, ``align_indicators.indicator_embs``;
-  SPEC §4.4), which the official stage-2 script loads with ``--pretrain_mm_mlp_align``.
+  docs/training.md), which the official stage-2 script loads with ``--pretrain_mm_mlp_align``.
 
 Loading works on a plain model and under DeepSpeed ZeRO-3 (partitioned parameters are gathered, written on every
 rank from the same file, and re-partitioned).

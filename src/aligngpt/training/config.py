@@ -78,7 +78,7 @@ class TrainConfig:
     on_bad_record: str = _opt("error: stop at a bad record; skip: report it and use the next one.", "error", "data")
     bad_record_report: str | None = _opt("JSONL report of skipped records (default output_dir/...).", None, "data")
     model_max_length: int | None = _opt("Longest training sequence after image expansion.", None, "data")
-    group_by_modality_length: bool | None = _opt("Single-modality micro-batches (SPEC §2.3).", None, "data")
+    group_by_modality_length: bool | None = _opt("Single-modality micro-batches (docs/training.md).", None, "data")
     length_group_steps: int = _opt(
         "With modality grouping: sort the samples of every N optimizer steps by length first, so each step holds "
         "samples of similar length (less padding; 1 = the official order).",

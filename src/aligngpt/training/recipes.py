@@ -36,7 +36,7 @@ class ParamGroup:
 
 @dataclass(frozen=True)
 class RecipeDefaults:
-    """The official hyper-parameters of a stage (SPEC §2.1, §2.2; LoRA: LLaVA-1.5's ``finetune_lora.sh``)."""
+    """The official hyper-parameters of a stage (docs/training.md; LoRA: LLaVA-1.5's ``finetune_lora.sh``)."""
 
     learning_rate: float
     global_batch_size: int

@@ -95,7 +95,7 @@ class AlignGPTTrainer(Trainer):
 
         Keeps every trainable parameter in the graph on every rank (DDP without ``find_unused_parameters``, ZeRO-3
         parameter gathering stays in step across ranks); numerically a no-op. The official code's "dummy forward"
-        did the same job (SPEC §1.9, §9 item 4).
+        did the same job (docs/training.md).
         """
         model = self.accelerator.unwrap_model(self.model)
         config = model.config

@@ -21,7 +21,7 @@ from aligngpt.evaluation.benchmarks.toyworld import ToyWorld
 from aligngpt.evaluation.benchmarks.vizwiz import VizWiz
 from aligngpt.evaluation.benchmarks.vqav2 import VQAv2
 
-# In the order of the paper's results table (SPEC §7.1), then the offline toy world.
+# In the order of the paper's results table (docs/evaluation.md), then the offline toy world.
 PAPER_BENCHMARKS: tuple[type[Benchmark], ...] = (
     VQAv2, GQA, VizWiz, ScienceQAImg, TextVQA, POPE, MME, MMBench, MMBenchCN, SEEDBench, LLaVABench, MMVet,
 )  # fmt: skip

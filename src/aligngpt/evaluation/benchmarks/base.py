@@ -14,7 +14,7 @@ SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
 MULTIPLE_CHOICE_SUFFIX_CN = "请直接回答选项字母。"
 
-LOADER_MAX_NEW_TOKENS = 128  # model_vqa_loader (SPEC §5.3)
+LOADER_MAX_NEW_TOKENS = 128  # model_vqa_loader (docs/evaluation.md)
 LONG_MAX_NEW_TOKENS = 1024  # model_vqa, model_vqa_science, model_vqa_mmbench
 
 

@@ -1,4 +1,4 @@
-"""LLaVA-Bench-in-the-Wild: GPT-4 review of the model answer against the GPT-4 reference (SPEC §6.7).
+"""LLaVA-Bench-in-the-Wild: GPT-4 review of the model answer against the GPT-4 reference (docs/evaluation.md).
 
 Official pairing (``pair_by="position"``): questions, reference answers and model answers are zipped by line.
 ``pair_by="question_id"`` joins the two answer files on ``question_id`` instead.

@@ -1,4 +1,4 @@
-"""MM-Vet: ``{"v1_<id>": answer}`` results file and the official GPT-4 grader with its aggregation (SPEC §6.8).
+"""MM-Vet: ``{"v1_<id>": answer}`` results file and the official GPT-4 grader with its aggregation (docs/evaluation.md).
 
 Grader: few-shot prompt + ``question | answer (<AND>/<OR> padded) | prediction | ``; the score is the first
 space-separated token of the reply as a float in [0, 1]. Otherwise the grader is asked again with a suffix

@@ -1,4 +1,4 @@
-"""MME: conversion to the MME eval-tool format and the eval tool's scores (SPEC §6.4).
+"""MME: conversion to the MME eval-tool format and the eval tool's scores (docs/evaluation.md).
 
 Converter: the short-answer suffix is removed from the prompt and `` Please answer yes or no.`` re-appended
 (two spaces when only that matches the ground truth); lines ``image\\tquestion\\tgt\\tanswer`` per task.

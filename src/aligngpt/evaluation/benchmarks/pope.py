@@ -1,7 +1,7 @@
-"""POPE (COCO val2014; adversarial / popular / random): yes/no parsing, P/R/F1 per category (SPEC §6.3).
+"""POPE (COCO val2014; adversarial / popular / random): yes/no parsing, P/R/F1 per category (docs/evaluation.md).
 
 Official pairing (``pair_by="position"``, the default): the i-th answer of a category, in answer-file
-order, is compared with the i-th line of ``coco_pope_<category>.json`` (SPEC §9 item 23).
+order, is compared with the i-th line of ``coco_pope_<category>.json`` (docs/evaluation.md).
 ``pair_by="question_id"`` is the corrected join: each answer's question_id is looked up in the question
 file, and its rank within its category there selects the label line (identical results when the answer
 file follows the question file and is complete).

@@ -1,6 +1,6 @@
-"""ScienceQA-IMG (test split, image subset): letter extraction and accuracy (SPEC §6.5).
+"""ScienceQA-IMG (test split, image subset): letter extraction and accuracy (docs/evaluation.md).
 
-Evaluated without padding (processor centre crop, SPEC §9 item 22); text-only questions get no image.
+Evaluated without padding (processor centre crop, docs/evaluation.md); text-only questions get no image.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """SEED-Bench (v1): exact string match of the output with the answer letter; accuracy per question type,
-total, image-only (the reported "SEED-IMG" number) and video-only (SPEC §6.6); leaderboard upload file."""
+total, image-only (the reported "SEED-IMG" number) and video-only (docs/evaluation.md); leaderboard upload file."""
 
 from __future__ import annotations
 

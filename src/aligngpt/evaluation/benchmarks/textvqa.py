@@ -1,5 +1,5 @@
 """TextVQA (val, with OCR tokens in the prompt): m4c soft accuracy, results matched to annotations by
-``(image_id, question parsed back out of the prompt)`` (SPEC §6.2)."""
+``(image_id, question parsed back out of the prompt)`` (docs/evaluation.md)."""
 
 from __future__ import annotations
 

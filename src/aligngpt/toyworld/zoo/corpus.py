@@ -1,6 +1,6 @@
 """Text of the toy world for the tokenizer and the language model.
 
-Conversations are rendered in the Vicuna-v1 template (SPEC §3.3) with the ``<image>`` placeholder removed (the
+Conversations are rendered in the Vicuna-v1 template (docs/toyworld.md) with the ``<image>`` placeholder removed (the
 real model splices image features there), so the pre-trained LM already knows the chat format; stage-1 style
 ``caption + "\\n"`` lines are mixed in.
 """
