@@ -1,6 +1,6 @@
 """Import of official AlignGPT (and LLaVA-1.5) checkpoints, and replay of official input batches.
 
-Official layout (docs/checkpoints.md): a LLaMA ``config.json`` with ``mm_*`` fields and ``model_type: aligngpt``; weights as
+Official layout (docs/checkpoints.md): LLaMA ``config.json`` with ``mm_*`` fields and ``model_type: aligngpt``; weights
 ``pytorch_model.bin`` (or shards + index) with keys ``model.*``, ``lm_head.*``, ``mm_projector.{0,2}.*``,
 ``align_indicators.indicator_embs``, ``gated_weight_layer.mlp.{0,2}.*`` and optionally
 ``vision_tower.vision_tower.vision_model.*``. The stage-1 form is ``config.json`` + ``mm_projector_align.bin``.

@@ -33,7 +33,7 @@ def preprocess_images(images: Sequence[Image.Image], image_processor, aspect_rat
     Args:
         images: PIL images in any mode.
         image_processor: the encoder's HF image processor (e.g. ``CLIPImageProcessor``).
-        aspect_ratio: ``pad`` (as the official code: pad to square with the processor's mean colour first) or ``square``.
+        aspect_ratio: ``pad`` (as the official code: pad to a square in the mean colour first) or ``square``.
     """
     if aspect_ratio not in IMAGE_ASPECT_RATIOS:
         raise ValueError(f"Unknown image_aspect_ratio {aspect_ratio!r}; known: {IMAGE_ASPECT_RATIOS}")
