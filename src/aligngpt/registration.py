@@ -9,6 +9,10 @@ transformers (``aligngpt --help`` stays fast).
   calls :func:`ensure_model_classes_registered`. Importing the model code from the import hook instead would be
   unsafe: transformers first imports its Auto modules while ``modeling_utils`` and ``modeling_layers`` are still
   half-initialised, and our model code needs both.
+* ``AutoProcessor``: :mod:`aligngpt.processing.processor` registers :class:`~aligngpt.processing.AlignGPTProcessor`
+  when imported. ``AutoProcessor.from_pretrained`` looks the class up by the name ``processor_config.json`` stores,
+  before it reads any config, so :func:`install` imports the processor module right after transformers' own
+  ``processing_auto`` (which transformers imports only once ``modeling_utils`` is complete).
 
 This module imports only the standard library, and not ``importlib.abc`` / ``importlib.util`` (they pull in
 ``pathlib`` and ``contextlib``): the finder and loader below follow the import protocols without subclassing.
@@ -22,7 +26,9 @@ from collections.abc import Callable
 
 CONFIG_MODULE = "aligngpt.config"
 MODELING_MODULE = "aligngpt.modeling"
+PROCESSOR_MODULE = "aligngpt.processing.processor"
 _CONFIG_AUTO = "transformers.models.auto.configuration_auto"
+_PROCESSING_AUTO = "transformers.models.auto.processing_auto"
 
 
 class _RunAfterLoader:
@@ -68,13 +74,23 @@ def _import_config() -> None:
     importlib.import_module(CONFIG_MODULE)
 
 
+def _import_processor() -> None:
+    importlib.import_module(PROCESSOR_MODULE)
+
+
+def _run_after_import(name: str, callback: Callable[[], None]) -> None:
+    """``callback`` now if module ``name`` is loaded, else right after it first is (one hook per module)."""
+    if name in sys.modules:
+        callback()
+    elif not any(isinstance(finder, _AfterImportHook) and finder.name == name for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImportHook(name, callback))
+
+
 def install() -> None:
-    """Register ``AlignGPTConfig`` with ``AutoConfig`` now if transformers' Auto classes are loaded, else once they
-    are. Idempotent."""
-    if _CONFIG_AUTO in sys.modules:
-        _import_config()
-    elif not any(isinstance(finder, _AfterImportHook) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImportHook(_CONFIG_AUTO, _import_config))
+    """Register ``AlignGPTConfig`` with ``AutoConfig`` and ``AlignGPTProcessor`` with ``AutoProcessor``: now if
+    transformers' Auto modules are loaded, else once they are. Idempotent."""
+    _run_after_import(_CONFIG_AUTO, _import_config)
+    _run_after_import(_PROCESSING_AUTO, _import_processor)
 
 
 def ensure_model_classes_registered() -> None:

@@ -6,12 +6,13 @@ segment), never from re-tokenising split strings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 IMAGE_PLACEHOLDER = "<image>"
+IMAGE_SEPARATOR = "\n"  # follows the placeholder of an image content block
 
-_ROLE_ALIASES = {
+ROLE_ALIASES = {
     "human": "user",
     "user": "user",
     "gpt": "assistant",
@@ -34,20 +35,39 @@ class Message:
     content: str | None  # None: an open assistant turn (generation prompt)
 
 
+def content_text(content: str | Sequence[Mapping] | None, where: str = "content") -> str | None:
+    """A turn's text: strings stay; transformers-style content blocks (``[{"type": "image"}, {"type": "text",
+    "text": ...}]``) become one ``<image>\\n`` per image block, in front, then the text blocks joined as they are
+    (the layout ``normalize_image_turns`` gives LLaVA records). Other block types raise ``ValueError``."""
+    if content is None or isinstance(content, str):
+        return content
+    images, texts = [], []
+    for index, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        if kind == "image":
+            images.append(IMAGE_PLACEHOLDER + IMAGE_SEPARATOR)
+        elif kind == "text":
+            texts.append(block.get("text", ""))
+        else:
+            raise ValueError(f"{where}, block {index}: unsupported content block {block!r} (known types: image, text)")
+    return "".join(images + texts)
+
+
 def normalize_messages(conversation: Iterable[Mapping]) -> tuple[str | None, list[Message]]:
     """Accept LLaVA (``from``/``value``) or OpenAI (``role``/``content``) turns; returns (system, messages).
 
-    A leading assistant turn is dropped (as the official preprocessing does); roles must then alternate starting
-    with the user, otherwise ``ValueError``.
+    Content may be a string or a list of content blocks (see :func:`content_text`). A leading assistant turn is
+    dropped (as the official preprocessing does); roles must then alternate starting with the user, otherwise
+    ``ValueError``. The last system turn gives the system prompt.
     """
     system = None
     messages: list[Message] = []
     for index, turn in enumerate(conversation):
         raw_role = turn.get("from", turn.get("role"))
-        role = _ROLE_ALIASES.get(str(raw_role).lower())
+        role = ROLE_ALIASES.get(str(raw_role).lower())
         if role is None:
             raise ValueError(f"turn {index}: unknown role {raw_role!r}")
-        content = turn.get("value", turn.get("content"))
+        content = content_text(turn.get("value", turn.get("content")), f"turn {index}")
         if role == "system":
             system = content
             continue
@@ -62,17 +82,63 @@ def normalize_messages(conversation: Iterable[Mapping]) -> tuple[str | None, lis
 
 
 @dataclass(frozen=True)
+class TurnFormat:
+    """The layout of one template's turns: literal texts around the system prompt, the user turns and the answers.
+
+    Both the Python renderer (:meth:`ChatTemplate.render`) and the Jinja chat templates
+    (:mod:`aligngpt.processing.jinja_templates`) are built from these fields, so the two cannot drift apart.
+
+    Attributes:
+        system: ``(before, after)`` around a non-empty system prompt rendered as its own first block; ``None``: no
+            such block.
+        system_joiner: when set, a non-empty system prompt is put in front of the first user turn's text, joined
+            with this string (``None``: not merged).
+        user: ``(before, after)`` around a user turn's text.
+        assistant_open: text that opens an answer; alone it is the generation prompt.
+        answer: ``(before, after)`` around an answer: the supervised part (the stop string included).
+        answer_close: unsupervised text after an answer.
+        user_keeps_only_image: user turns shrink to their image placeholder (``plain``: captions).
+    """
+
+    system: tuple[str, str] | None
+    system_joiner: str | None
+    user: tuple[str, str]
+    assistant_open: str
+    answer: tuple[str, str]
+    answer_close: str = ""
+    user_keeps_only_image: bool = False
+
+
+@dataclass(frozen=True)
 class ChatTemplate:
     """A template: ``render`` gives segments; ``stop_strings`` end an assistant answer."""
 
     name: str
     system: str
-    render_fn: Callable[[ChatTemplate, str, list[Message]], list[Segment]]
+    turns: TurnFormat
     stop_strings: tuple[str, ...]
 
     def render(self, messages: list[Message], system: str | None = None) -> list[Segment]:
         """Segments of the conversation; a final ``Message("assistant", None)`` renders the generation prompt."""
-        return self.render_fn(self, self.system if system is None else system, messages)
+        system = self.system if system is None else system
+        turns = self.turns
+        pieces: list[Segment] = []
+        if system and turns.system is not None:
+            pieces.append(Segment(turns.system[0] + system + turns.system[1]))
+        for index, message in enumerate(messages):
+            if message.role == "user":
+                text = message.content
+                if turns.user_keeps_only_image:
+                    text = IMAGE_PLACEHOLDER if IMAGE_PLACEHOLDER in text else ""
+                elif index == 0 and system and turns.system_joiner is not None:
+                    text = system + turns.system_joiner + text
+                pieces.append(Segment(turns.user[0] + text + turns.user[1]))
+            else:
+                pieces.append(Segment(turns.assistant_open))
+                if message.content is not None:
+                    pieces.append(Segment(turns.answer[0] + message.content + turns.answer[1], supervised=True))
+                    pieces.append(Segment(turns.answer_close))
+        return [piece for piece in pieces if piece.text]
 
     def render_text(self, messages: list[Message], system: str | None = None) -> str:
         return "".join(segment.text for segment in self.render(messages, system))
@@ -84,89 +150,15 @@ class ChatTemplate:
         return self.render_text(messages)
 
 
-def _render_two_separators(
-    template: ChatTemplate, system: str, messages: list[Message], roles: tuple[str, str], sep: str, sep2: str
-) -> list[Segment]:
-    """``{system}{sep}ROLE: text{sep}ROLE: answer{sep2}...``; an open turn renders as ``ROLE:``."""
-    segments = [Segment(system + sep)] if system else []
-    for message in messages:
-        role = roles[0] if message.role == "user" else roles[1]
-        if message.content is None:
-            segments.append(Segment(f"{role}:"))
-        elif message.role == "user":
-            segments.append(Segment(f"{role}: {message.content}{sep}"))
-        else:
-            # The space after "ROLE:" belongs to the answer: it merges into the answer's first token.
-            segments += [Segment(f"{role}:"), Segment(f" {message.content}{sep2}", supervised=True)]
-    return segments
+def _two_separators(roles: tuple[str, str], sep: str, stop: str) -> TurnFormat:
+    """``{system}{sep}ROLE: text{sep}ROLE: answer{stop}...``; an open turn renders as ``ROLE:``.
 
-
-def _vicuna_v1(template: ChatTemplate, system: str, messages: list[Message]) -> list[Segment]:
-    return _render_two_separators(template, system, messages, ("USER", "ASSISTANT"), " ", "</s>")
-
-
-def _phi(template: ChatTemplate, system: str, messages: list[Message]) -> list[Segment]:
-    return _render_two_separators(template, system, messages, ("USER", "ASSISTANT"), " ", "<|endoftext|>")
-
-
-def _llama_3(template: ChatTemplate, system: str, messages: list[Message]) -> list[Segment]:
-    roles = ("<|start_header_id|>user", "<|start_header_id|>assistant")
-    return _render_two_separators(template, system, messages, roles, " ", "<|end_of_text|>")
-
-
-def _plain(template: ChatTemplate, system: str, messages: list[Message]) -> list[Segment]:
-    """Caption pre-training: the user turn shrinks to its image placeholder; the caption ends with a newline."""
-    segments: list[Segment] = []
-    for message in messages:
-        if message.role == "user":
-            segments.append(Segment(IMAGE_PLACEHOLDER if IMAGE_PLACEHOLDER in message.content else ""))
-        elif message.content is not None:
-            segments.append(Segment(message.content + "\n", supervised=True))
-    return segments
-
-
-def _chatml(template: ChatTemplate, system: str, messages: list[Message]) -> list[Segment]:
-    segments = [Segment(f"<|im_start|>system\n{system}<|im_end|>\n")] if system else []
-    for message in messages:
-        if message.role == "user":
-            segments.append(Segment(f"<|im_start|>user\n{message.content}<|im_end|>\n"))
-        elif message.content is None:
-            segments.append(Segment("<|im_start|>assistant\n"))
-        else:
-            segments += [
-                Segment("<|im_start|>assistant\n"),
-                Segment(f"{message.content}<|im_end|>", True),
-                Segment("\n"),
-            ]
-    return segments
-
-
-def _gemma(template: ChatTemplate, system: str, messages: list[Message]) -> list[Segment]:
-    segments: list[Segment] = []
-    for index, message in enumerate(messages):
-        if message.role == "user":
-            content = f"{system}\n\n{message.content}" if system and index == 0 else message.content
-            segments.append(Segment(f"<start_of_turn>user\n{content}<end_of_turn>\n"))
-        elif message.content is None:
-            segments.append(Segment("<start_of_turn>model\n"))
-        else:
-            segments += [
-                Segment("<start_of_turn>model\n"),
-                Segment(f"{message.content}<end_of_turn>", True),
-                Segment("\n"),
-            ]
-    return segments
-
-
-def _mistral(template: ChatTemplate, system: str, messages: list[Message]) -> list[Segment]:
-    segments: list[Segment] = []
-    for index, message in enumerate(messages):
-        if message.role == "user":
-            content = f"{system}\n\n{message.content}" if system and index == 0 else message.content
-            segments.append(Segment(f"[INST] {content} [/INST]"))
-        elif message.content is not None:
-            segments.append(Segment(f" {message.content}</s>", supervised=True))
-    return segments
+    The space after the assistant's ``ROLE:`` belongs to the answer: it merges into the answer's first token.
+    """
+    return TurnFormat(
+        system=("", sep), system_joiner=None, user=(f"{roles[0]}: ", sep), assistant_open=f"{roles[1]}:",
+        answer=(" ", stop),
+    )  # fmt: skip
 
 
 VICUNA_SYSTEM = (
@@ -177,27 +169,52 @@ LLAMA_3_SYSTEM = (
     "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
     "provides, and assist the user with a variety of tasks using natural language."
 )
+VICUNA_ROLES = ("USER", "ASSISTANT")
+
+# Caption pre-training: the user turn shrinks to its image placeholder; the caption ends with a newline.
+PLAIN = TurnFormat(system=None, system_joiner=None, user=("", ""), assistant_open="", answer=("", "\n"),
+                   user_keeps_only_image=True)  # fmt: skip
+CHATML = TurnFormat(
+    system=("<|im_start|>system\n", "<|im_end|>\n"), system_joiner=None, user=("<|im_start|>user\n", "<|im_end|>\n"),
+    assistant_open="<|im_start|>assistant\n", answer=("", "<|im_end|>"), answer_close="\n",
+)  # fmt: skip
+GEMMA = TurnFormat(
+    system=None, system_joiner="\n\n", user=("<start_of_turn>user\n", "<end_of_turn>\n"),
+    assistant_open="<start_of_turn>model\n", answer=("", "<end_of_turn>"), answer_close="\n",
+)  # fmt: skip
+MISTRAL = TurnFormat(system=None, system_joiner="\n\n", user=("[INST] ", " [/INST]"), assistant_open="",
+                     answer=(" ", "</s>"))  # fmt: skip
 
 TEMPLATES: dict[str, ChatTemplate] = {
     template.name: template
     for template in (
-        ChatTemplate("plain", "", _plain, ("\n",)),
-        ChatTemplate("vicuna_v1", VICUNA_SYSTEM, _vicuna_v1, ("</s>",)),
+        ChatTemplate("plain", "", PLAIN, ("\n",)),
+        ChatTemplate("vicuna_v1", VICUNA_SYSTEM, _two_separators(VICUNA_ROLES, " ", "</s>"), ("</s>",)),
         # Vicuna v1 turns without the system prompt: short sequences for small models (the toy world).
-        ChatTemplate("vicuna_v1_nosys", "", _vicuna_v1, ("</s>",)),
-        ChatTemplate("llama_3", LLAMA_3_SYSTEM, _llama_3, ("<|end_of_text|>",)),
-        ChatTemplate("chatml", "You are a helpful assistant.", _chatml, ("<|im_end|>",)),
-        ChatTemplate("phi", VICUNA_SYSTEM, _phi, ("<|endoftext|>",)),
-        ChatTemplate("gemma", "", _gemma, ("<end_of_turn>",)),
-        ChatTemplate("mistral", "", _mistral, ("</s>",)),
+        ChatTemplate("vicuna_v1_nosys", "", _two_separators(VICUNA_ROLES, " ", "</s>"), ("</s>",)),
+        ChatTemplate(
+            "llama_3",
+            LLAMA_3_SYSTEM,
+            _two_separators(("<|start_header_id|>user", "<|start_header_id|>assistant"), " ", "<|end_of_text|>"),
+            ("<|end_of_text|>",),
+        ),
+        ChatTemplate("chatml", "You are a helpful assistant.", CHATML, ("<|im_end|>",)),
+        ChatTemplate("phi", VICUNA_SYSTEM, _two_separators(VICUNA_ROLES, " ", "<|endoftext|>"), ("<|endoftext|>",)),
+        ChatTemplate("gemma", "", GEMMA, ("<end_of_turn>",)),
+        ChatTemplate("mistral", "", MISTRAL, ("</s>",)),
     )
 }
 TEMPLATE_ALIASES = {"v1": "vicuna_v1", "qwen": "chatml", "qwen2": "chatml"}
 
 
-def get_template(name: str) -> ChatTemplate:
-    """Look a template up by name (``v1`` is an alias of ``vicuna_v1``); unknown names raise ``ValueError``."""
+def resolve_template_name(name: str) -> str:
+    """The template name ``name`` stands for (aliases resolved); unknown names raise ``ValueError``."""
     resolved = TEMPLATE_ALIASES.get(name, name)
     if resolved not in TEMPLATES:
         raise ValueError(f"Unknown chat template {name!r}; known: {', '.join(sorted(TEMPLATES))}")
-    return TEMPLATES[resolved]
+    return resolved
+
+
+def get_template(name: str) -> ChatTemplate:
+    """Look a template up by name (``v1`` is an alias of ``vicuna_v1``); unknown names raise ``ValueError``."""
+    return TEMPLATES[resolve_template_name(name)]
