@@ -66,15 +66,16 @@ def test_pretrain_writes_adapter_in_both_layouts_and_checkpoints_hold_the_level_
     assert not torch.equal(checkpoint["alignment.level_embeddings"], weights["alignment.level_embeddings"])
     saved = yaml.safe_load((out / RESOLVED_CONFIG_NAME).read_text())
     assert saved["recipe"] == "pretrain" and saved["learning_rate"] == 1e-2 and saved["template"] == "plain"
-    assert (out / "aligngpt_processor.json").is_file()
+    assert (out / "processor_config.json").is_file() and (out / "chat_template.jinja").is_file()
 
 
 def test_the_final_model_folder_holds_no_trainer_leftovers(stage1):
     out = stage1.output_dir
     assert sorted(path.name for path in out.iterdir()) == [
-        "aligngpt_processor.json", "checkpoints", "config.json", "generation_config.json", "mm_projector_align.bin",
-        "model.safetensors", "preprocessor_config.json", "run_inputs.json", "stage1_adapter.safetensors",
-        "tokenizer.json", "tokenizer_config.json", "train_config.yaml", "trainer_state.json",
+        "additional_chat_templates", "chat_template.jinja", "checkpoints", "config.json", "generation_config.json",
+        "mm_projector_align.bin", "model.safetensors", "preprocessor_config.json", "processor_config.json",
+        "run_inputs.json", "stage1_adapter.safetensors", "tokenizer.json", "tokenizer_config.json", "train_config.yaml",
+        "trainer_state.json",
     ]  # fmt: skip
     assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
 
