@@ -230,6 +230,15 @@ def test_batched_conversations_pad_like_the_processor(processor):
     assert torch.equal(out["attention_mask"], expected["attention_mask"])
     assert out["pixel_values"].shape[0] == 1
 
+    # Training conversations in one batch: left-padded rows, each mask the labels mask of its sample.
+    training = [conversation(1, image, string_form=False), conversation(2, None, string_form=True)]
+    out = processor.apply_chat_template(training, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    for row, (messages, picture) in enumerate(zip(training, [image, None])):
+        sample = processor.encode_conversation(messages, picture, truncate=False)
+        padding = out["input_ids"].shape[1] - len(sample.input_ids)
+        assert out["input_ids"][row, padding:].tolist() == sample.input_ids
+        assert list(out["assistant_masks"][row]) == [0] * padding + [int(t != IGNORE_INDEX) for t in sample.labels]
+
 
 # --- the keyword call form and decoding -------------------------------------------------------------------------
 def test_call_takes_the_pipeline_keyword_form(processor, tmp_path):
