@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig
+from transformers import AutoModelForCausalLM, CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig
 
 from aligngpt.config import AlignGPTConfig
 from aligngpt.modeling import AlignGPTForConditionalGeneration
-from aligngpt.processing import AlignGPTProcessor, load_tokenizer
+from aligngpt.processing import AlignGPTProcessor, add_marker_tokens, load_tokenizer
 
 VOCAB = 32000
 FIXTURE_TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "official_tiny" / "base_llm"
@@ -41,12 +41,28 @@ def build(seed: int = 0) -> tuple[AlignGPTForConditionalGeneration, AlignGPTProc
         vocab_size=VOCAB, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
         num_key_value_heads=8, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
-    config = AlignGPTConfig(vision_config=vision.to_dict(), text_config=text.to_dict())
+    # The fixture tokenizer (vocab 1000) only produces ids; the LLM's vocabulary is the 32000 of Vicuna, and the
+    # marker tokens take the tokenizer's next ids (rows the LLM already has).
+    tokenizer = load_tokenizer(FIXTURE_TOKENIZER)
+    image_id, alignment_id = add_marker_tokens(tokenizer)
+    config = AlignGPTConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_id=image_id,
+        alignment_token_id=alignment_id,
+    )
     model = AlignGPTForConditionalGeneration(config)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size=336)
-    # The fixture tokenizer (vocab 1000) only produces ids; the LLM's vocabulary is the 32000 of Vicuna.
-    processor = AlignGPTProcessor.from_config(config, load_tokenizer(FIXTURE_TOKENIZER), image_processor)
+    processor = AlignGPTProcessor.from_config(config, tokenizer, image_processor)
     return model, processor
+
+
+def bare_llm(model: AlignGPTForConditionalGeneration) -> torch.nn.Module:
+    """A plain causal LM made of the model's own decoder and LM head (shared, not copied): the floor."""
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(model.config.text_config)
+    llm.model, llm.lm_head = model.language_model, model.lm_head
+    return llm.to(model.device).eval()
 
 
 def conversations(n: int) -> list[list[dict]]:
@@ -86,7 +102,7 @@ def summary(name: str, ours: list[float], floor: list[float]) -> None:
 def bench_training(model, processor, batch_size: int, repeats: int) -> None:
     samples = [processor.encode_conversation(c, im) for c, im in zip(conversations(batch_size), images(batch_size))]
     batch = processor.collate(samples).to(model.device)
-    bare = model.language_model
+    bare = bare_llm(model)
     with torch.no_grad():
         embeds, _ = model.embed_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None)
 
@@ -115,7 +131,7 @@ def bench_training(model, processor, batch_size: int, repeats: int) -> None:
 def bench_inference(model, processor, repeats: int, new_tokens: int = 16) -> None:
     prompt = processor.generation_prompt("<image>\nDescribe the picture in detail.")
     batch = processor([prompt], images(1)).to(model.device)
-    bare = model.language_model
+    bare = bare_llm(model)
     with torch.no_grad():
         embeds, _ = model.embed_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None)
     common = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}

@@ -29,7 +29,7 @@ from aligngpt.processing.templates import (
     get_template,
     normalize_messages,
 )
-from aligngpt.processing.tokenizer import load_tokenizer
+from aligngpt.processing.tokenizer import check_marker_tokens, load_tokenizer
 
 PROCESSOR_CONFIG = "aligngpt_processor.json"
 PADDING_SIDES = ("left", "right")
@@ -73,6 +73,8 @@ class AlignGPTProcessor:
         use_alignment_token: bool = True,
         model_max_length: int = 2048,
     ):
+        if alignment_token_id is not None:
+            check_marker_tokens(tokenizer, image_token_id, alignment_token_id)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.num_image_tokens = num_image_tokens
