@@ -213,3 +213,19 @@ def test_sdpa_and_eager_attention_agree(tiny):
             sdpa(**batch).logits[attended], eager(**batch).logits[attended], atol=1e-5, rtol=1e-5
         )
     assert _greedy(sdpa, processor, batch).tolist() == _greedy(eager, processor, batch).tolist()
+
+
+def test_static_cache_and_full_graph_compiled_decoding_equal_eager(tiny):
+    from transformers import CompileConfig
+
+    model, processor, batch = tiny
+    greedy = _greedy(model, processor, batch)
+    static = _new(
+        model.generate(**batch, **_settings(processor, do_sample=False), cache_implementation="static"), batch
+    )
+    config = CompileConfig(fullgraph=True)  # a graph break in a decoding step fails instead of falling back
+    config._compile_all_devices = True  # transformers compiles on accelerators only unless told
+    compiled = model.generate(
+        **batch, **_settings(processor, do_sample=False), cache_implementation="static", compile_config=config
+    )
+    assert static.tolist() == greedy.tolist() == _new(compiled, batch).tolist()

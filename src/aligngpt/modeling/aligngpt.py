@@ -89,7 +89,7 @@ class AlignGPTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True  # decoding steps (one token, no image inputs) have no data-dependent branches
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -319,7 +319,11 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
                     "marker ids: their positions have no embedding row. Pass input_ids instead, or build "
                     "inputs_embeds with model.embed_inputs(input_ids, attention_mask, pixel_values)"
                 )
-        prefill = cache is None or cache.get_seq_length() == 0
+        # Only a multi-token pass without image inputs needs to know whether it extends a cache; a decoding step
+        # (one token) never asks, which keeps it free of data-dependent branches (torch.compile with a static cache).
+        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        unimaged = pixel_values is None and vision_features is None
+        prefill = cache is None or cache.get_seq_length() == 0 if unimaged and length > 1 else True
         inputs_embeds, alignment_weights = self.embed_inputs(
             input_ids, attention_mask, pixel_values, vision_features, alignment_levels, inputs_embeds, prefill
         )
@@ -453,6 +457,11 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
             else:
                 model_inputs.pop(name, None)
         return model_inputs
+
+    def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+        """Keep the ``[B, L]`` padding mask under a static cache (transformers would pass a 4-D causal mask): the gate
+        and the position ids read it, and the decoder builds its causal mask from it."""
+        return attention_mask
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict`` that also takes the saved (flat) layout, e.g. a ``model.safetensors`` read
