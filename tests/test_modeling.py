@@ -118,7 +118,7 @@ def test_supervised_only_lm_head_gives_the_same_loss_and_gradients(llama_clip):
 
 
 def test_gate_gradients_reach_embeddings_and_projector(llama_clip):
-    """SPEC §9 item 8 (Keep): the gate's inputs are not detached."""
+    """The gate's inputs are not detached (as in the official code)."""
     model, processor, _ = llama_clip
     batch = processor.collate([_samples(processor)[0]])
     model.zero_grad()
