@@ -9,6 +9,8 @@ LLaMA hidden 512 x 4 layers, vocab 32000, finetune-style conversations.
 (b) prefill and per-token decode time / bare LLaMA ``generate`` on embeddings of the same lengths.
 (c) batched greedy throughput at batch 8 / batch 1 (128 new tokens, the evaluation setting), with outputs checked
     equal to batch 1.
+(d) (on request: ``--parts d``) decode per token with ``torch.compile`` (static cache, full graph) / eager, outputs
+    checked equal.
 
 Run: ``python benchmarks/bench_model.py [--repeats 3] [--threads 2] [--batches 1 4 8]``.
 """
@@ -16,17 +18,18 @@ Run: ``python benchmarks/bench_model.py [--repeats 3] [--threads 2] [--batches 1
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig
+from transformers import AutoModelForCausalLM, CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig
 
 from aligngpt.config import AlignGPTConfig
 from aligngpt.modeling import AlignGPTForConditionalGeneration
-from aligngpt.processing import AlignGPTProcessor, load_tokenizer
+from aligngpt.processing import AlignGPTProcessor, add_marker_tokens, load_tokenizer
 
 VOCAB = 32000
 FIXTURE_TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "official_tiny" / "base_llm"
@@ -41,12 +44,28 @@ def build(seed: int = 0) -> tuple[AlignGPTForConditionalGeneration, AlignGPTProc
         vocab_size=VOCAB, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
         num_key_value_heads=8, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
-    config = AlignGPTConfig(vision_config=vision.to_dict(), text_config=text.to_dict())
+    # The fixture tokenizer (vocab 1000) only produces ids; the LLM's vocabulary is the 32000 of Vicuna, and the
+    # marker tokens take the tokenizer's next ids (rows the LLM already has).
+    tokenizer = load_tokenizer(FIXTURE_TOKENIZER)
+    image_id, alignment_id = add_marker_tokens(tokenizer)
+    config = AlignGPTConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_id=image_id,
+        alignment_token_id=alignment_id,
+    )
     model = AlignGPTForConditionalGeneration(config)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size=336)
-    # The fixture tokenizer (vocab 1000) only produces ids; the LLM's vocabulary is the 32000 of Vicuna.
-    processor = AlignGPTProcessor.from_config(config, load_tokenizer(FIXTURE_TOKENIZER), image_processor)
+    processor = AlignGPTProcessor.from_config(config, tokenizer, image_processor)
     return model, processor
+
+
+def bare_llm(model: AlignGPTForConditionalGeneration) -> torch.nn.Module:
+    """A plain causal LM made of the model's own decoder and LM head (shared, not copied): the floor."""
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(model.config.text_config)
+    llm.model, llm.lm_head = model.language_model, model.lm_head
+    return llm.to(model.device).eval()
 
 
 def conversations(n: int) -> list[list[dict]]:
@@ -86,7 +105,7 @@ def summary(name: str, ours: list[float], floor: list[float]) -> None:
 def bench_training(model, processor, batch_size: int, repeats: int) -> None:
     samples = [processor.encode_conversation(c, im) for c, im in zip(conversations(batch_size), images(batch_size))]
     batch = processor.collate(samples).to(model.device)
-    bare = model.language_model
+    bare = bare_llm(model)
     with torch.no_grad():
         embeds, _ = model.embed_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None)
 
@@ -115,7 +134,7 @@ def bench_training(model, processor, batch_size: int, repeats: int) -> None:
 def bench_inference(model, processor, repeats: int, new_tokens: int = 16) -> None:
     prompt = processor.generation_prompt("<image>\nDescribe the picture in detail.")
     batch = processor([prompt], images(1)).to(model.device)
-    bare = model.language_model
+    bare = bare_llm(model)
     with torch.no_grad():
         embeds, _ = model.embed_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], None, None)
     common = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
@@ -178,13 +197,50 @@ def bench_batching(model, processor, repeats: int, batch_size: int = 8, new_toke
     )
 
 
+def compile_config():
+    """Full-graph compilation of the decoding step; transformers compiles on accelerators only unless told."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=True)
+    config._compile_all_devices = True  # CPU too: that is where this benchmark runs
+    return config
+
+
+def bench_compiled_decode(model, processor, repeats: int, new_tokens: int = 32) -> None:
+    """Decode per token with ``torch.compile`` (static cache, full graph) / eager (dynamic cache), same outputs."""
+    prompt = processor.generation_prompt("<image>\nDescribe the picture in detail.")
+    batch = processor([prompt], images(1)).to(model.device)
+    common = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    compiled_settings = {"cache_implementation": "static", "compile_config": compile_config()}
+
+    def run(n: int, compiled: bool) -> torch.Tensor:
+        extra = compiled_settings if compiled else {}
+        return model.generate(**batch, max_new_tokens=n, min_new_tokens=n, **common, **extra)
+
+    with torch.inference_mode():
+        started = time.perf_counter()
+        same = torch.equal(run(new_tokens, True), run(new_tokens, False))
+        run(1, True)
+        compile_s = time.perf_counter() - started
+        eager, compiled = [], []
+        for _ in range(repeats):
+            for is_compiled, store in ((False, eager), (True, compiled)):
+                one = timed(functools.partial(run, 1, is_compiled))
+                many = timed(functools.partial(run, new_tokens, is_compiled))
+                store.append((many - one) / (new_tokens - 1))
+    summary("(d) decode per token, compiled / eager", compiled, eager)
+    print(f"    outputs equal: {same}; compilation and warm-up {compile_s:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
+    parser.add_argument(
+        "--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c", "d"], help="d: torch.compile decode"
+    )
     parser.add_argument(
         "--new-tokens", type=int, default=128, help="answer length for (c); 128 is the evaluation setting"
     )
@@ -205,6 +261,8 @@ def main() -> None:
         bench_inference(model, processor, args.repeats)
     if "c" in args.parts:
         bench_batching(model, processor, args.repeats, new_tokens=args.new_tokens)
+    if "d" in args.parts:
+        bench_compiled_decode(model, processor, args.repeats)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_unknown_or_missing_keys_are_named(tmp_path):
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     del state["gated_weight_layer.mlp.0.bias"]
     torch.save(state, folder / "pytorch_model.bin")
-    with pytest.raises(ConversionError, match=r"missing keys \['alignment.gate.0.bias'\]"):
+    with pytest.raises(ConversionError, match=r"missing keys \['model.alignment.gate.0.bias'\]"):
         convert_official(folder, None, vision_tower=TOWER)
     with pytest.raises(ConversionError, match="not an official checkpoint"):
         convert_official(tmp_path, None)

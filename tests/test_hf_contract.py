@@ -49,14 +49,28 @@ def test_return_dict_false_gives_the_output_fields_as_a_tuple(tiny):
     assert torch.equal(asked.logits, as_dict.logits)
 
 
-def test_inputs_embeds_with_image_inputs_is_refused(tiny):
+def test_inputs_embeds_of_the_input_ids_with_image_inputs_equal_the_input_ids_path(tiny):
     model, batch, _ = tiny
-    embeds = model.get_input_embeddings()(batch["input_ids"].clamp_min(0))
+    inputs = {key: batch[key] for key in ("attention_mask", "pixel_values", "labels")}
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    with torch.no_grad():
+        expected = model(input_ids=batch["input_ids"], **inputs)
+        got = model(inputs_embeds=embeds, **inputs)
+        features = model.get_vision_features(batch["pixel_values"])
+        cached = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], vision_features=features)
+    torch.testing.assert_close(got.logits, expected.logits, atol=0, rtol=0)
+    torch.testing.assert_close(got.alignment_weights, expected.alignment_weights, atol=0, rtol=0)
+    assert got.loss.item() == expected.loss.item()
+    torch.testing.assert_close(cached.logits, expected.logits, atol=0, rtol=0)
+
+
+def test_inputs_embeds_with_image_inputs_is_refused_for_legacy_negative_marker_ids(tiny):
+    model, batch, path = tiny
+    legacy = AlignGPTForConditionalGeneration.from_pretrained(path, image_token_id=-200, alignment_token_id=-201)
+    embeds = legacy.get_input_embeddings()(batch["input_ids"].clamp_min(0))
     for extra in ({"pixel_values": batch["pixel_values"]}, {"alignment_levels": torch.tensor([1, 0])}):
-        with pytest.raises(ValueError, match="cannot be used with inputs_embeds.*embed_inputs"):
-            model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], **extra)
-    with pytest.raises(ValueError, match="vision_features cannot be used with inputs_embeds"):
-        model(inputs_embeds=embeds, vision_features=model.get_vision_features(batch["pixel_values"]))
+        with pytest.raises(ValueError, match="cannot be used with inputs_embeds.*legacy.*embed_inputs"):
+            legacy(inputs_embeds=embeds, attention_mask=batch["attention_mask"], **extra)
 
 
 def test_inputs_embeds_from_embed_inputs_equal_the_input_ids_path(tiny):

@@ -54,8 +54,10 @@ def _model_for(name, finetuned, pretrained):
     return (pretrained if name == "pretrain" else finetuned)[0]
 
 
-def _run_case(name, model):
+def _run_case(name, model, marker_ids=None):
+    """Our forward on a case's official batch; ``marker_ids`` (image, alignment) replace the official sentinels."""
     expected, arrays = _case(name)
+    markers = {} if marker_ids is None else dict(zip(("image_token_id", "alignment_token_id"), marker_ids))
     labels = torch.from_numpy(arrays["labels"]) if "labels" in arrays else None
     align_ids = torch.from_numpy(arrays["align_ids"]) if "align_ids" in arrays else None
     batch = batch_from_official(
@@ -64,6 +66,7 @@ def _run_case(name, model):
         labels,
         torch.from_numpy(arrays["images"]),
         align_ids,
+        **markers,
     )
     with torch.no_grad(), decoder_inputs_embeds(model) as captured:
         output = model(**batch)
@@ -79,12 +82,17 @@ def test_forward_matches_official(name, finetuned, pretrained):
     if expected["loss"] is not None:
         assert output.loss.item() == pytest.approx(expected["loss"], abs=1e-5)
 
+    # Our vocabulary extends the official one by the marker tokens, whose logits are masked.
+    vocab = arrays["logits_sel"].shape[-1]
+    markers = list(model.config.marker_token_ids)
+    assert markers and min(markers) >= vocab
+    assert bool((output.logits[..., markers] == torch.finfo(output.logits.dtype).min).all())
     rows, positions = arrays["logits_sel_index"][:, 0], arrays["logits_sel_index"][:, 1]
-    ours = output.logits[[order[r] for r in rows], positions].numpy()
+    ours = output.logits[[order[r] for r in rows], positions, :vocab].numpy()
     np.testing.assert_allclose(ours, arrays["logits_sel"], atol=1e-4, rtol=1e-4)
 
     valid = arrays["final_attention_mask"].astype(bool)
-    logits = output.logits[order].numpy()
+    logits = output.logits[order, :, :vocab].numpy()
     stats = arrays["logits_stats"]
     lse = torch.logsumexp(torch.from_numpy(logits), dim=-1).numpy()
     np.testing.assert_allclose(lse[valid], stats[..., 0][valid], atol=1e-4, rtol=1e-4)
@@ -96,10 +104,10 @@ def test_forward_matches_official(name, finetuned, pretrained):
     np.testing.assert_array_equal(batch["attention_mask"][order].numpy(), arrays["final_attention_mask"])
     if "final_labels" in arrays:
         np.testing.assert_array_equal(batch["labels"][order].numpy(), arrays["final_labels"])
-    ids = batch["input_ids"][order]
+    image_mask, align_mask = model.model.marker_masks(batch["input_ids"][order])
     token_type = np.where(valid, 1, 0)
-    token_type[(ids == model.config.image_token_id).numpy()] = 2
-    token_type[(ids == model.config.alignment_token_id).numpy()] = 3
+    token_type[image_mask.numpy()] = 2
+    token_type[align_mask.numpy()] = 3
     np.testing.assert_array_equal(token_type, arrays["final_token_type"])
 
     image_rows = [row for row in order if expected["row_has_image"][order.index(row)]]
@@ -110,6 +118,19 @@ def test_forward_matches_official(name, finetuned, pretrained):
     if "indicator_embeds" in arrays:
         inserted = embeds[image_rows, 1].numpy()
         np.testing.assert_allclose(inserted, arrays["indicator_embeds"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FORWARD_CASES)
+def test_marker_token_ids_and_official_sentinels_give_the_same_forward(name, finetuned, pretrained):
+    model = _model_for(name, finetuned, pretrained)
+    _, _, legacy_batch, legacy, _ = _run_case(name, model)
+    markers = (model.config.image_token_id, model.config.alignment_token_id)
+    _, _, batch, output, _ = _run_case(name, model, markers)
+    assert not bool((batch["input_ids"] < 0).any())
+    assert int((legacy_batch["input_ids"] < 0).sum()) == int((batch["input_ids"] >= min(markers)).sum())
+    torch.testing.assert_close(output.logits, legacy.logits, atol=0, rtol=0)
+    if legacy.loss is not None:
+        assert output.loss.item() == legacy.loss.item()
 
 
 @pytest.mark.parametrize("name", FORWARD_CASES)
@@ -132,7 +153,10 @@ def test_greedy_generation_matches_official(finetuned):
     out = model.generate(**batch, max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True)
     new_tokens = out.sequences[0, batch["input_ids"].shape[1] :].tolist()
     assert new_tokens == expected["use_cache_True"]["new_tokens"]
-    np.testing.assert_allclose(torch.stack(out.scores)[:, 0].numpy(), arrays["scores"], atol=1e-4, rtol=1e-4)
+    scores = torch.stack(out.scores)[:, 0]
+    vocab = arrays["scores"].shape[-1]
+    assert bool((scores[:, vocab:] == float("-inf")).all())  # the marker tokens are suppressed
+    np.testing.assert_allclose(scores[:, :vocab].numpy(), arrays["scores"], atol=1e-4, rtol=1e-4)
 
 
 def _official_rows(name: str) -> list[list[int]]:

@@ -21,7 +21,7 @@ from PIL import Image
 from transformers import AutoProcessor, CLIPImageProcessorPil
 
 from aligngpt.modeling.aligngpt import IGNORE_INDEX
-from aligngpt.processing import AlignGPTProcessor, get_template, load_tokenizer
+from aligngpt.processing import AlignGPTProcessor, add_marker_tokens, get_template, load_tokenizer
 from aligngpt.processing.jinja_templates import jinja_template
 from aligngpt.processing.processor import LEGACY_PROCESSOR_CONFIG
 from aligngpt.processing.templates import TEMPLATES, Message, normalize_messages
@@ -46,8 +46,7 @@ def make_processor(kind: str, template: str = "vicuna_v1") -> AlignGPTProcessor:
     tokenizer = no_bos_tokenizer() if kind == "no_bos" else load_tokenizer(OFFICIAL / "base_llm")
     image_id, alignment_id = -200, -201
     if kind == "official_added_markers":
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<alignment>"]})
-        image_id, alignment_id = tokenizer.convert_tokens_to_ids(["<image>", "<alignment>"])
+        image_id, alignment_id = add_marker_tokens(tokenizer)
         assert image_id >= 0 and alignment_id >= 0
     return AlignGPTProcessor(
         tokenizer, image_processor, num_image_tokens=NUM_IMAGE_TOKENS, image_token_id=image_id,

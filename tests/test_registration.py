@@ -20,7 +20,7 @@ print(type(AutoConfig.from_pretrained(path)).__name__)
 print(type(AutoModelForImageTextToText.from_pretrained(path)).__name__)
 print(type(AutoModel.from_pretrained(path)).__name__)
 """
-EXPECTED = ["AlignGPTConfig", "AlignGPTForConditionalGeneration", "AlignGPTForConditionalGeneration"]
+EXPECTED = ["AlignGPTConfig", "AlignGPTForConditionalGeneration", "AlignGPTModel"]  # AutoModel: the base model
 
 
 def _python(code: str) -> list[str]:

@@ -14,10 +14,10 @@ from aligngpt.registration import ensure_model_classes_registered
 
 MODEL_TYPE = "aligngpt_vlm"
 
-# Marker ids of image positions and the alignment slot in ``input_ids``. They lie outside every vocabulary (the model
-# scatters features there and never embeds them); -200 is also the official code's image sentinel.
-IMAGE_TOKEN_ID = -200
-ALIGNMENT_TOKEN_ID = -201
+# The official code marks the image in ``input_ids`` with -200; folders saved before the markers became real tokens
+# use -200 / -201 as their marker ids. The model accepts both sentinels as aliases of its marker ids.
+LEGACY_IMAGE_TOKEN_ID = -200
+LEGACY_ALIGNMENT_TOKEN_ID = -201
 
 PROJECTOR_TYPES = ("linear", "identity", "mlpNx_gelu")
 FEATURE_SELECTIONS = ("patch", "cls_patch", "all")
@@ -160,8 +160,10 @@ class AlignGPTConfig(PreTrainedConfig):
         alignment_mode: ``adaptive`` (paper), ``global``, ``local``, ``uniform``, ``fixed:<k>`` or ``none``
             (plain LLaVA-1.5: no alignment token at all).
         gate_hidden_size: hidden width of the gate MLP.
-        image_token_id / alignment_token_id: ids the processor writes at image / alignment positions (default -200 and
-            -201); they are never looked up in the LLM's embedding table.
+        image_token_id / alignment_token_id: token ids of the ``<image>`` positions and the alignment slot. By default
+            the two ids after the text vocabulary; ``text_config.vocab_size`` grows to cover them (the model fills
+            these positions from the image, and masks their logits so that they are never predicted). Negative ids
+            (folders saved by aligngpt < 0.5: -200 / -201) mark positions without a vocabulary row.
         image_aspect_ratio: ``pad`` (pad to square with the mean colour) or ``square`` (resize + centre crop).
         chat_template_name: default chat template of this model (see :mod:`aligngpt.processing.templates`).
         model_max_length: longest sequence (after image expansion) the processor emits for training.
@@ -182,8 +184,8 @@ class AlignGPTConfig(PreTrainedConfig):
     num_alignment_levels: int = 8
     alignment_mode: str = "adaptive"
     gate_hidden_size: int = 256
-    image_token_id: int = IMAGE_TOKEN_ID
-    alignment_token_id: int = ALIGNMENT_TOKEN_ID
+    image_token_id: int | None = None
+    alignment_token_id: int | None = None
     image_aspect_ratio: str = "pad"
     chat_template_name: str = "vicuna_v1"
     model_max_length: int = 2048
@@ -192,6 +194,9 @@ class AlignGPTConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         ensure_model_classes_registered()
+        self._place_marker_tokens()
+        if getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True  # the LM head lives at the top level, so tying is decided here
         projector_depth(self.projector_type)
         if self.vision_feature_select not in FEATURE_SELECTIONS:
             raise ValueError(
@@ -211,6 +216,22 @@ class AlignGPTConfig(PreTrainedConfig):
             raise ValueError(
                 f"image_pool_stride {self.image_pool_stride} does not divide the patch grid {self.patch_grid_size}"
             )
+
+    def _place_marker_tokens(self) -> None:
+        """Give unset marker ids the next free text ids and grow ``text_config.vocab_size`` to cover every marker."""
+        vocab = self.text_config.vocab_size
+        if self.image_token_id is None:
+            self.image_token_id = max(vocab, (self.alignment_token_id or -1) + 1)
+        if self.alignment_token_id is None:
+            self.alignment_token_id = max(vocab, self.image_token_id + 1)
+        if self.image_token_id == self.alignment_token_id:
+            raise ValueError(f"image_token_id and alignment_token_id must differ, both are {self.image_token_id}")
+        self.text_config.vocab_size = max([vocab, *(marker + 1 for marker in self.marker_token_ids)])
+
+    @property
+    def marker_token_ids(self) -> tuple[int, ...]:
+        """The marker ids that are rows of the text vocabulary (none for legacy negative ids)."""
+        return tuple(marker for marker in (self.image_token_id, self.alignment_token_id) if marker >= 0)
 
     @property
     def patch_grid_size(self) -> int:
@@ -256,8 +277,8 @@ AutoConfig.register(MODEL_TYPE, AlignGPTConfig, exist_ok=True)
 
 __all__ = [
     "ALIGNMENT_KINDS",
-    "ALIGNMENT_TOKEN_ID",
-    "IMAGE_TOKEN_ID",
+    "LEGACY_ALIGNMENT_TOKEN_ID",
+    "LEGACY_IMAGE_TOKEN_ID",
     "AlignGPTConfig",
     "AlignmentMode",
     "projector_depth",

@@ -14,7 +14,7 @@ from aligngpt.evaluation.items import answer_record
 
 LOADER_FIXTURES = ["vqav2", "gqa", "vizwiz", "scienceqa_img", "textvqa", "pope", "mme", "mmbench", "seed_bench",
                    "llava_bench_in_the_wild", "mm_vet"]  # fmt: skip
-EXPECTED_SETTINGS = {  # (max_new_tokens, image_aspect_ratio), SPEC §5.3 and §6
+EXPECTED_SETTINGS = {  # (max_new_tokens, image_aspect_ratio) of each benchmark, docs/evaluation.md
     "vqav2": (128, "pad"), "gqa": (128, "pad"), "vizwiz": (128, "pad"), "scienceqa_img": (1024, "square"),
     "textvqa": (128, "pad"), "pope": (128, "pad"), "mme": (128, "pad"), "mmbench": (1024, "pad"),
     "mmbench_cn": (1024, "pad"), "seed_bench": (128, "pad"), "llava_bench_in_the_wild": (1024, "square"),

@@ -23,7 +23,7 @@ def test_history_holds_visible_answers_only(pipeline, red_image):
     assert session.history == [("what is in the picture?", first)]
     assert session.last_alignment is not None and len(session.last_alignment.weights) == 7
     prompt = session.prompt("and the colour?")
-    # One separator per finished turn: the answer brings no "</s>" of its own (SPEC §9 item 19).
+    # One separator per finished turn: the answer brings no "</s>" of its own.
     assert prompt.count("</s>") == 1
     assert prompt.count("<image>") == 1 and prompt.index("<image>") < prompt.index("what is in the picture?")
     second = session.ask("and the colour?")

@@ -402,7 +402,7 @@ def test_official_checkpoint_is_served_with_vicuna_template(red_data_url):
     official = load(
         OFFICIAL / "checkpoints" / "aligngpt_tiny_finetune", device="cpu", vision_tower=OFFICIAL / "clip_vision_tiny"
     )
-    assert official.template.name == "vicuna_v1"  # not the official CLI's llava_v0 default (SPEC §9 item 18)
+    assert official.template.name == "vicuna_v1"  # not the official CLI's llava_v0 default (docs/checkpoints.md)
     with TestClient(create_app(official, ServerConfig(model_name="official"))) as served:
         data = served.post(URL, json=body([image_message(red_data_url)], model="official")).json()
     assert data["usage"]["prompt_tokens"] > 576  # the fixture tower's 576 image positions

@@ -109,10 +109,11 @@ def test_deepspeed_two_processes_train_and_save(world, even_data, tmp_path, stag
     assert not info["missing_keys"] and not info["unexpected_keys"]
     after = model.state_dict()
     # the adapter was loaded into (gathered) parameters; the frozen level table was saved (gathered) unchanged
-    assert torch.equal(after["alignment.level_embeddings"], shifted["alignment.level_embeddings"])
-    assert not torch.equal(after["projector.0.weight"], shifted["projector.0.weight"])
+    # module names are the saved names under the base model's prefix
+    assert torch.equal(after["model.alignment.level_embeddings"], shifted["alignment.level_embeddings"])
+    assert not torch.equal(after["model.projector.0.weight"], shifted["projector.0.weight"])
     tower = [key for key in before if key.startswith("vision_tower.")]
-    assert tower and all(torch.equal(after[key], before[key]) for key in tower)
+    assert tower and all(torch.equal(after[f"model.{key}"], before[key]) for key in tower)
 
 
 @pytest.mark.deepspeed

@@ -49,7 +49,7 @@ def test_only_the_llm_decoder_is_4_bit_and_lora_projector_gate_train(world, tmp_
     recipe = get_recipe(config.recipe)
     model = build_starting_point(config, recipe).model
     llm = model.language_model
-    decoder_linears = {f"language_model.{name}" for name in _linear_names(llm) if name != "lm_head"}
+    decoder_linears = {f"model.language_model.{name}" for name in _linear_names(llm)}
     original = {name: param.detach().clone() for name, param in llm.named_parameters()}
 
     full = quantize_language_model(model, torch.device("cpu"), torch.float32)
@@ -61,7 +61,7 @@ def test_only_the_llm_decoder_is_4_bit_and_lora_projector_gate_train(world, tmp_
     for name in quantized:
         layer = model.get_submodule(name)
         assert layer.weight.dtype == torch.uint8 and layer.weight.quant_state.quant_type == "nf4"
-    lm_head = model.language_model.lm_head
+    lm_head = model.lm_head  # a top-level module, outside the quantised decoder
     assert not isinstance(lm_head, bnb.nn.Linear4bit) and lm_head.weight.dtype == torch.float32
     for outside in (model.vision_tower, model.projector, model.alignment):
         assert not any(isinstance(child, bnb.nn.Linear4bit) for child in outside.modules())
@@ -72,7 +72,7 @@ def test_only_the_llm_decoder_is_4_bit_and_lora_projector_gate_train(world, tmp_
     assert len(wrapped) == len(quantized)  # LoRA sits on every 4-bit layer
     groups = recipe.apply(model, RecipeOptions(projector_lr_scale=config.projector_lr_scale))
     assert {group.name: group.lr_scale for group in groups} == {"lora": 1.0, "projector": 0.1, "gate": 1.0}
-    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    trainable = {name.removeprefix("model.") for name, param in model.named_parameters() if param.requires_grad}
     lora = {name for name in trainable if name.startswith("language_model.")}
     assert lora and all(".lora_A." in name or ".lora_B." in name for name in lora)
     assert {name.split(".")[0] for name in trainable - lora} == {"projector", "alignment"}

@@ -15,7 +15,8 @@ def _trainable(model) -> set[str]:
 def _prefixes(names: set[str]) -> set[str]:
     out = set()
     for name in names:
-        if name.startswith("language_model."):
+        name = name.removeprefix("model.")  # the base model's prefix
+        if name.startswith(("language_model.", "lm_head.")):
             out.add("language_model")
         elif name.startswith("alignment.gate."):
             out.add("gate")

@@ -102,7 +102,8 @@ def test_finetune_starts_from_an_official_stage1_file(world, stage1, tmp_path):
     )  # fmt: skip
     model = build_starting_point(config, get_recipe("finetune")).model
     state, trained = model.state_dict(), _weights(stage1.output_dir)
-    assert all(torch.equal(state[key], trained[key]) for key in ADAPTER_KEYS | {"alignment.level_embeddings"})
+    adapter = ADAPTER_KEYS | {"alignment.level_embeddings"}
+    assert all(torch.equal(state[f"model.{key}"], trained[key]) for key in adapter)
 
     torch.save({"mm_projector.0.weight": torch.zeros(3, 3)}, tmp_path / "bad.bin")
     with pytest.raises(AdapterError, match=r"bad\.bin: missing"):

@@ -16,24 +16,26 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel
 
-from aligngpt.config import ALIGNMENT_TOKEN_ID, IMAGE_TOKEN_ID, AlignGPTConfig
+from aligngpt.config import LEGACY_ALIGNMENT_TOKEN_ID, LEGACY_IMAGE_TOKEN_ID, AlignGPTConfig
 from aligngpt.errors import UserError
-from aligngpt.modeling import IGNORE_INDEX, AlignGPTForConditionalGeneration
-from aligngpt.processing import AlignGPTProcessor, load_image_processor, load_tokenizer
+from aligngpt.modeling import IGNORE_INDEX, AlignGPTForConditionalGeneration, init_marker_rows
+from aligngpt.processing import AlignGPTProcessor, add_marker_tokens, load_image_processor, load_tokenizer
 
-OFFICIAL_IMAGE_TOKEN = -200
+OFFICIAL_IMAGE_TOKEN = LEGACY_IMAGE_TOKEN_ID
 OFFICIAL_NUM_IMAGE_TOKENS = 576  # the official gate's hard-coded input width
 STAGE1_ADAPTER = "mm_projector_align.bin"
 
-# Ordered (pattern, replacement) pairs: official key -> our key. LLaVA-1.5 keys live under ``model.``.
+# Ordered (pattern, replacement) pairs: official key -> our module name. LLaVA-1.5 keys live under ``model.``.
 _RENAMES = (
-    (r"^(?:model\.)?vision_tower\.vision_tower\.(?:vision_model\.)?", "vision_tower."),
-    (r"^(?:model\.)?mm_projector\.", "projector."),
-    (r"^align_indicators\.indicator_embs$", "alignment.level_embeddings"),
-    (r"^gated_weight_layer\.mlp\.", "alignment.gate."),
-    (r"^model\.", "language_model.model."),
-    (r"^lm_head\.", "language_model.lm_head."),
+    (r"^(?:model\.)?vision_tower\.vision_tower\.(?:vision_model\.)?", "model.vision_tower."),
+    (r"^(?:model\.)?mm_projector\.", "model.projector."),
+    (r"^align_indicators\.indicator_embs$", "model.alignment.level_embeddings"),
+    (r"^gated_weight_layer\.mlp\.", "model.alignment.gate."),
+    (r"^model\.", "model.language_model."),
+    (r"^lm_head\.", "lm_head."),
 )
+# The official vocabulary tables, which grow by the marker tokens' rows.
+_VOCAB_TABLES = ("model.language_model.embed_tokens.weight", "lm_head.weight")
 _DROPPED = re.compile(r"rotary_emb\.inv_freq$")
 _MM_FIELDS = (
     "mm_vision_tower", "use_mm_proj", "mm_projector_type", "mm_hidden_size", "mm_vision_select_layer",
@@ -98,9 +100,18 @@ def resolve_vision_tower(official: dict, vision_tower: str | os.PathLike | None)
 
 
 def config_from_official(
-    official: dict, vision_tower: str, num_levels: int, alignment_mode: str = "adaptive"
+    official: dict,
+    vision_tower: str,
+    num_levels: int,
+    alignment_mode: str = "adaptive",
+    marker_ids: tuple[int, int] | None = None,
 ) -> AlignGPTConfig:
-    """Our composite config from an official flat one; the vision config comes from ``vision_tower``."""
+    """Our composite config from an official flat one; the vision config comes from ``vision_tower``.
+
+    ``marker_ids`` (image, alignment) are the tokenizer's marker token ids; by default the two ids after the official
+    vocabulary, which grows to cover them.
+    """
+    image_id, alignment_id = marker_ids if marker_ids is not None else (None, None)
     text = {k: v for k, v in official.items() if k not in _MM_FIELDS and not k.startswith("_")}
     text.pop("architectures", None)
     text["model_type"] = "llama"
@@ -119,6 +130,8 @@ def config_from_official(
         image_aspect_ratio=official.get("image_aspect_ratio", "pad"),
         model_max_length=official.get("tokenizer_model_max_length", 2048),
         chat_template_name="vicuna_v1",
+        image_token_id=image_id,
+        alignment_token_id=alignment_id,
     )
 
 
@@ -152,16 +165,27 @@ def convert_official(
     tower = resolve_vision_tower(official, vision_tower)
     is_llava = not any(key.startswith("align_indicators.") for key in state)
     levels = state["align_indicators.indicator_embs"].shape[0] if not is_llava else 8
-    config = config_from_official(official, tower, levels, "none" if is_llava else "adaptive")
+    tokenizer_dir = source if (source / "tokenizer_config.json").is_file() else Path(base_llm or source)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    image_id, alignment_id = add_marker_tokens(tokenizer)
+    config = config_from_official(
+        official, tower, levels, "none" if is_llava else "adaptive", marker_ids=(image_id, alignment_id)
+    )
+    original_vocab = official["vocab_size"]
     renamed = {}
     for key, tensor in state.items():
         new_key = rename_official_key(key)
         if new_key is not None:
             renamed[new_key] = tensor
-    if not any(key.startswith("vision_tower.") for key in renamed):
+    if not any(key.startswith("model.vision_tower.") for key in renamed):
         tower_model = AutoModel.from_pretrained(tower)
         tower_model = getattr(tower_model, "vision_model", tower_model)
-        renamed.update({f"vision_tower.{k}": v for k, v in tower_model.state_dict().items()})
+        renamed.update({f"model.vision_tower.{k}": v for k, v in tower_model.state_dict().items()})
+    for name in _VOCAB_TABLES:
+        if name in renamed:
+            table = renamed[name]
+            grown = table.new_zeros(config.text_config.vocab_size - table.shape[0], table.shape[1])
+            renamed[name] = torch.cat([table, grown])
 
     model = AlignGPTForConditionalGeneration(config)
     expected = set(model.state_dict())
@@ -169,19 +193,19 @@ def convert_official(
     unexpected = sorted(set(renamed) - expected)
     notes = []
     if stage1:
-        gate = [key for key in missing if key.startswith("alignment.gate.")]
+        gate = [key for key in missing if key.startswith("model.alignment.gate.")]
         missing = [key for key in missing if key not in gate]
         if gate:
             notes.append(f"stage-1 checkpoint has no gate; {', '.join(gate)} keep PyTorch's default Linear init")
     if missing or unexpected:
         raise ConversionError(f"{source}: missing keys {missing}; unexpected keys {unexpected}")
     model.load_state_dict(renamed, strict=False)
+    init_marker_rows(model.get_input_embeddings().weight, model.get_output_embeddings().weight, original_vocab)
     if dtype is not None:
         model = model.to(dtype)
     model.eval()
 
-    tokenizer_dir = source if (source / "tokenizer_config.json").is_file() else Path(base_llm or source)
-    processor = AlignGPTProcessor.from_config(config, load_tokenizer(tokenizer_dir), load_image_processor(tower))
+    processor = AlignGPTProcessor.from_config(config, tokenizer, load_image_processor(tower))
     if destination is not None:
         model.save_pretrained(destination)
         processor.save_pretrained(destination)
@@ -202,8 +226,8 @@ def batch_from_official(
     num_image_tokens: int = OFFICIAL_NUM_IMAGE_TOKENS,
     bos_token_id: int | None = 1,
     pad_token_id: int = 0,
-    image_token_id: int = IMAGE_TOKEN_ID,
-    alignment_token_id: int | None = ALIGNMENT_TOKEN_ID,
+    image_token_id: int = LEGACY_IMAGE_TOKEN_ID,
+    alignment_token_id: int | None = LEGACY_ALIGNMENT_TOKEN_ID,
 ) -> dict[str, torch.Tensor]:
     """Map an official batch to keyword arguments of :meth:`AlignGPTForConditionalGeneration.forward`.
 

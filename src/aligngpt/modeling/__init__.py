@@ -6,25 +6,32 @@ from aligngpt.config import AlignGPTConfig
 from aligngpt.modeling.aligngpt import (
     IGNORE_INDEX,
     AlignGPTForConditionalGeneration,
+    AlignGPTModel,
+    AlignGPTModelOutput,
     AlignGPTOutput,
     AlignGPTPreTrainedModel,
+    grow_vocabulary,
+    init_marker_rows,
 )
 from aligngpt.modeling.alignment import AlignmentModule
 from aligngpt.modeling.build import build_from_pretrained_parts, load_vision_tower
 from aligngpt.modeling.projector import Projector
 
-# There is no separate base model (llava's ``LlavaModel``): ``AutoModel`` gives the generation class too.
-AutoModel.register(AlignGPTConfig, AlignGPTForConditionalGeneration, exist_ok=True)
+AutoModel.register(AlignGPTConfig, AlignGPTModel, exist_ok=True)
 AutoModelForImageTextToText.register(AlignGPTConfig, AlignGPTForConditionalGeneration, exist_ok=True)
 
 __all__ = [
     "AlignGPTConfig",
     "AlignGPTForConditionalGeneration",
+    "AlignGPTModel",
+    "AlignGPTModelOutput",
     "AlignGPTOutput",
     "AlignGPTPreTrainedModel",
     "AlignmentModule",
     "IGNORE_INDEX",
     "Projector",
     "build_from_pretrained_parts",
+    "grow_vocabulary",
+    "init_marker_rows",
     "load_vision_tower",
 ]

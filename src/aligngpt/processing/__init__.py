@@ -11,9 +11,20 @@ from aligngpt.processing.templates import (
     get_template,
     normalize_messages,
 )
-from aligngpt.processing.tokenizer import apply_legacy_sentencepiece, load_tokenizer
+from aligngpt.processing.tokenizer import (
+    ALIGNMENT_TOKEN,
+    IMAGE_TOKEN,
+    add_marker_tokens,
+    apply_legacy_sentencepiece,
+    check_marker_tokens,
+    load_tokenizer,
+)
 
 __all__ = [
+    "ALIGNMENT_TOKEN",
+    "IMAGE_TOKEN",
+    "add_marker_tokens",
+    "check_marker_tokens",
     "AlignGPTProcessor",
     "ChatTemplate",
     "EncodedSample",

@@ -34,7 +34,7 @@ from aligngpt.processing.templates import (
     normalize_messages,
     resolve_template_name,
 )
-from aligngpt.processing.tokenizer import load_tokenizer
+from aligngpt.processing.tokenizer import check_marker_tokens, load_tokenizer
 
 PROCESSOR_CONFIG = PROCESSOR_NAME  # processor_config.json: our settings + processor_class
 LEGACY_PROCESSOR_CONFIG = "aligngpt_processor.json"  # what aligngpt wrote before it followed transformers' layout
@@ -99,6 +99,8 @@ class AlignGPTProcessor(ProcessorMixin):
         model_max_length: int = 2048,
         chat_template: str | Mapping[str, str] | None = None,
     ):
+        if alignment_token_id is not None:
+            check_marker_tokens(tokenizer, image_token_id, alignment_token_id)
         self.num_image_tokens = num_image_tokens
         self.image_token_id = image_token_id
         self.alignment_token_id = alignment_token_id

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import normalizers
+from tokenizers import AddedToken, normalizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from aligngpt.processing.templates import IMAGE_PLACEHOLDER
+
 SPIECE_UNDERLINE = "\u2581"
+# The added special tokens whose ids mark the image positions and the alignment slot in ``input_ids``.
+IMAGE_TOKEN = IMAGE_PLACEHOLDER
+ALIGNMENT_TOKEN = "<alignment>"
 
 
 def _uses_metaspace_prepend(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -48,3 +53,33 @@ def load_tokenizer(path: str | Path, **kwargs) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     return tokenizer
+
+
+def add_marker_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """Add ``<image>`` and ``<alignment>`` as special tokens unless present; returns their ids (image, alignment).
+
+    New tokens get the ids after the tokenizer's vocabulary, which is where :class:`~aligngpt.config.AlignGPTConfig`
+    places its markers by default when the LLM's vocabulary has the tokenizer's size.
+    """
+    missing = [token for token in (IMAGE_TOKEN, ALIGNMENT_TOKEN) if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [AddedToken(token, special=True, normalized=False) for token in missing]},
+            replace_extra_special_tokens=False,
+        )
+    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.convert_tokens_to_ids(ALIGNMENT_TOKEN)
+
+
+def check_marker_tokens(tokenizer: PreTrainedTokenizerBase, image_token_id: int, alignment_token_id: int) -> None:
+    """Make ``tokenizer`` hold the marker tokens at a model's marker ids (adding them if absent).
+
+    Legacy negative ids have no tokens and are left alone. Raises ``ValueError`` when the tokenizer gives other ids.
+    """
+    if image_token_id < 0 and alignment_token_id < 0:
+        return
+    got = add_marker_tokens(tokenizer)
+    if got != (image_token_id, alignment_token_id):
+        raise ValueError(
+            f"the tokenizer has {IMAGE_TOKEN} / {ALIGNMENT_TOKEN} at ids {got[0]} / {got[1]}, but the model config "
+            f"uses {image_token_id} / {alignment_token_id} (a tokenizer of {len(tokenizer)} tokens for this model?)"
+        )

@@ -1,6 +1,7 @@
 """The stage-1 adapter (projector + level table): export in our and the official layout, and import of either.
 
-* ours: ``stage1_adapter.safetensors`` with our parameter names (``projector.*``, ``alignment.level_embeddings``);
+* ours: ``stage1_adapter.safetensors`` with our checkpoint names (``projector.*``, ``alignment.level_embeddings``: the
+  module names without the base model's ``model.`` prefix);
 * official: ``mm_projector_align.bin`` (``torch.save`` dict; ``mm_projector.*``, ``align_indicators.indicator_embs``;
   docs/training.md), which the official stage-2 script loads with ``--pretrain_mm_mlp_align``.
 
@@ -24,6 +25,8 @@ from aligngpt.errors import UserError
 
 OUR_ADAPTER = "stage1_adapter.safetensors"
 LEVEL_TABLE_KEY = "alignment.level_embeddings"
+_BASE_PREFIX = "model."
+LEVEL_TABLE_PARAMETER = _BASE_PREFIX + LEVEL_TABLE_KEY
 _OFFICIAL_NAMES = {LEVEL_TABLE_KEY: "align_indicators.indicator_embs"}
 
 
@@ -35,9 +38,16 @@ def is_adapter_key(name: str) -> bool:
     return name.startswith("projector.") or name == LEVEL_TABLE_KEY
 
 
+def adapter_name(module_name: str) -> str:
+    """The adapter name of a model parameter (``model.projector.0.weight`` -> ``projector.0.weight``)."""
+    return module_name.removeprefix(_BASE_PREFIX)
+
+
 def adapter_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The projector and level-table entries of a (consolidated) model state dict, detached, on CPU."""
-    return {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items() if is_adapter_key(name)}
+    """The projector and level-table entries of a (consolidated) model state dict, detached, on CPU, by adapter
+    name."""
+    named = ((adapter_name(name), tensor) for name, tensor in state_dict.items())
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in named if is_adapter_key(name)}
 
 
 def official_key(name: str) -> str:
@@ -93,7 +103,7 @@ def read_stage1_adapter(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         for key, tensor in raw.items():
             name = rename_official_key(key)
             if name is not None:
-                tensors[name] = tensor
+                tensors[adapter_name(name)] = tensor
     foreign = sorted(name for name in tensors if not is_adapter_key(name))
     if foreign:
         raise AdapterError(f"{file}: not a stage-1 adapter (unexpected keys {foreign[:5]})")
@@ -108,7 +118,7 @@ def load_stage1_adapter(model: nn.Module, path: str | os.PathLike) -> list[str]:
     """
     file = resolve_adapter_file(path)
     tensors = read_stage1_adapter(file)
-    params = dict(model.named_parameters())
+    params = {adapter_name(name): param for name, param in model.named_parameters()}
     wanted = {name for name in params if is_adapter_key(name)}
     notes = []
     if LEVEL_TABLE_KEY in tensors and LEVEL_TABLE_KEY not in wanted:

@@ -282,7 +282,7 @@ def train(config: TrainConfig) -> TrainResult:
             save_lora_adapter(trainer.accelerator.unwrap_model(trainer.model_wrapped), output_dir, state)
         strip_lora(model)
     if full_precision_llm is not None:
-        model.language_model = full_precision_llm
+        model.model.language_model = full_precision_llm
     with without_weight_progress_bars():
         trainer.save_model(str(output_dir))
     skipped = dataset.skipped

@@ -16,7 +16,7 @@ import torch
 from aligngpt.modeling import AlignGPTForConditionalGeneration
 
 LORA_DIR = "lora_adapter"
-_PREFIX = "language_model."
+_PREFIX = "model.language_model."
 
 
 def apply_lora(
@@ -26,7 +26,7 @@ def apply_lora(
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
-    model.language_model = get_peft_model(model.language_model, config)
+    model.model.language_model = get_peft_model(model.language_model, config)
 
 
 def has_lora(model: AlignGPTForConditionalGeneration) -> bool:
@@ -41,13 +41,14 @@ def save_lora_adapter(
     """Write the adapter of ``model`` to ``directory/lora_adapter``, values from the consolidated ``state_dict``."""
     peft_state = {key[len(_PREFIX) :]: value for key, value in state_dict.items() if key.startswith(_PREFIX)}
     target = Path(directory) / LORA_DIR
-    model.language_model.save_pretrained(str(target), state_dict=peft_state)
+    # The vocabulary grew by the marker rows, which LoRA does not train: the base model keeps them.
+    model.language_model.save_pretrained(str(target), state_dict=peft_state, save_embedding_layers=False)
     return target
 
 
 def strip_lora(model: AlignGPTForConditionalGeneration) -> None:
     """Remove the LoRA layers without merging (the base LLM weights stay as they were)."""
-    model.language_model = model.language_model.unload()
+    model.model.language_model = model.language_model.unload()
 
 
 def load_with_lora(path: str | os.PathLike, dtype: torch.dtype | None = None) -> AlignGPTForConditionalGeneration:
@@ -58,7 +59,7 @@ def load_with_lora(path: str | os.PathLike, dtype: torch.dtype | None = None) ->
     if not (path / LORA_DIR).is_dir():
         raise FileNotFoundError(f"{path / LORA_DIR} not found: not a finetune-lora output")
     model = AlignGPTForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
-    model.language_model = PeftModel.from_pretrained(model.language_model, str(path / LORA_DIR))
+    model.model.language_model = PeftModel.from_pretrained(model.language_model, str(path / LORA_DIR))
     return model.eval()
 
 
@@ -67,7 +68,7 @@ def merge_lora(source: str | os.PathLike, destination: str | os.PathLike, dtype:
     from aligngpt.processing import AlignGPTProcessor
 
     model = load_with_lora(source, dtype)
-    model.language_model = model.language_model.merge_and_unload()
+    model.model.language_model = model.language_model.merge_and_unload()
     destination = Path(destination)
     model.save_pretrained(str(destination))
     AlignGPTProcessor.from_pretrained(source).save_pretrained(destination)

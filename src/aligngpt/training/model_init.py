@@ -12,8 +12,8 @@ from aligngpt.config import vision_has_cls_token
 from aligngpt.errors import UserError
 from aligngpt.model_files import check_model_source, verify_model_folder, without_weight_progress_bars
 from aligngpt.modeling import AlignGPTForConditionalGeneration, build_from_pretrained_parts
-from aligngpt.processing import AlignGPTProcessor, load_image_processor, load_tokenizer
-from aligngpt.training.adapter import LEVEL_TABLE_KEY, load_stage1_adapter
+from aligngpt.processing import AlignGPTProcessor, add_marker_tokens, load_image_processor, load_tokenizer
+from aligngpt.training.adapter import LEVEL_TABLE_PARAMETER, load_stage1_adapter
 from aligngpt.training.config import TrainConfig
 from aligngpt.training.recipes import Recipe
 
@@ -52,7 +52,7 @@ def _build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
         model, info = AlignGPTForConditionalGeneration.from_pretrained(
             config.model, output_loading_info=True, **overrides
         )
-        level_table_trained = LEVEL_TABLE_KEY not in info["missing_keys"]
+        level_table_trained = LEVEL_TABLE_PARAMETER not in info["missing_keys"]
         text_source = image_source = config.model
     else:
         vision_config = AutoConfig.from_pretrained(config.vision_tower)
@@ -68,6 +68,9 @@ def _build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
         )
         if config.chat_template_name:
             model_kwargs["chat_template_name"] = config.chat_template_name
+        # The markers become tokens of the LLM's tokenizer; the model's vocabulary grows to cover them.
+        image_id, alignment_id = add_marker_tokens(load_tokenizer(config.llm))
+        model_kwargs.update(image_token_id=image_id, alignment_token_id=alignment_id)
         model = build_from_pretrained_parts(config.vision_tower, config.llm, **model_kwargs)
         text_source, image_source = config.llm, config.vision_tower
     model.config.model_max_length = config.model_max_length

@@ -77,7 +77,7 @@ def quantize_language_model(
     )
     # peft records the base model's name in the adapter config
     quantized.name_or_path = quantized.config.name_or_path = full.config.name_or_path
-    model.language_model = prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
+    model.model.language_model = prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
     return full
 
 

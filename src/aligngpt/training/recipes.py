@@ -98,16 +98,25 @@ def _named(module: nn.Module | None, prefix: str) -> tuple[tuple[str, nn.Paramet
     return tuple((f"{prefix}.{name}", param) for name, param in module.named_parameters())
 
 
+def _projector(model: AlignGPTForConditionalGeneration) -> tuple[tuple[str, nn.Parameter], ...]:
+    return _named(model.projector, "model.projector")
+
+
+def _language_model(model: AlignGPTForConditionalGeneration) -> tuple[tuple[str, nn.Parameter], ...]:
+    """The LLM: its decoder and the LM head (the head is a top-level module, as in transformers' llava)."""
+    return _named(model.language_model, "model.language_model") + _named(model.lm_head, "lm_head")
+
+
 def _level_table(model: AlignGPTForConditionalGeneration) -> tuple[tuple[str, nn.Parameter], ...]:
     if model.alignment is None:
         return ()
-    return (("alignment.level_embeddings", model.alignment.level_embeddings),)
+    return (("model.alignment.level_embeddings", model.alignment.level_embeddings),)
 
 
 def _gate(model: AlignGPTForConditionalGeneration) -> tuple[tuple[str, nn.Parameter], ...]:
     if model.alignment is None or not model.config.uses_gate:
         return ()  # global/uniform/fixed/none never run the gate: keep it frozen (no unused DDP parameters)
-    return _named(model.alignment.gate, "alignment.gate")
+    return _named(model.alignment.gate, "model.alignment.gate")
 
 
 class PretrainRecipe(Recipe):
@@ -126,13 +135,13 @@ class PretrainRecipe(Recipe):
 
     def param_groups(self, model, options):
         groups = [
-            ParamGroup("projector", _named(model.projector, "projector")),
+            ParamGroup("projector", _projector(model)),
             ParamGroup("level_table", _level_table(model)),
         ]
         if options.train_llm_lr_scale is not None:
             if options.train_llm_lr_scale <= 0:
                 raise ValueError(f"train_llm_lr_scale must be > 0, got {options.train_llm_lr_scale}")
-            llm = _named(model.language_model, "language_model")
+            llm = _language_model(model)
             groups.append(ParamGroup("language_model", llm, options.train_llm_lr_scale))
         return groups
 
@@ -153,8 +162,8 @@ class FinetuneRecipe(Recipe):
 
     def param_groups(self, model, options):
         return [
-            ParamGroup("language_model", _named(model.language_model, "language_model")),
-            ParamGroup("projector", _named(model.projector, "projector"), options.projector_lr_scale),
+            ParamGroup("language_model", _language_model(model)),
+            ParamGroup("projector", _projector(model), options.projector_lr_scale),
             ParamGroup("gate", _gate(model)),
         ]
 
@@ -168,7 +177,7 @@ class FinetuneLoraRecipe(FinetuneRecipe):
 
     def param_groups(self, model, options):
         lora = tuple(
-            (f"language_model.{name}", param)
+            (f"model.language_model.{name}", param)
             for name, param in model.language_model.named_parameters()
             if "lora_" in name
         )
@@ -176,7 +185,7 @@ class FinetuneLoraRecipe(FinetuneRecipe):
             raise ValueError(f"{self.name}: the language model has no LoRA parameters (apply LoRA first)")
         return [
             ParamGroup("lora", lora),
-            ParamGroup("projector", _named(model.projector, "projector"), options.projector_lr_scale),
+            ParamGroup("projector", _projector(model), options.projector_lr_scale),
             ParamGroup("gate", _gate(model)),
         ]
 
