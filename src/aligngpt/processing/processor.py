@@ -41,6 +41,12 @@ LEGACY_PROCESSOR_CONFIG = "aligngpt_processor.json"  # what aligngpt wrote befor
 PADDING_SIDES = ("left", "right")
 RETURN_TENSORS = ("pt", None)
 NO_OFFSET = (0, 0)  # offsets of ids with no characters of their own: BOS, image and alignment markers, padding
+# What ``processor_config.json`` stores: the ``__init__`` keywords besides the sub-processors and templates.
+SETTING_NAMES = (
+    "num_image_tokens", "image_token_id", "alignment_token_id", "template", "image_aspect_ratio",
+    "use_alignment_token", "model_max_length",
+)  # fmt: skip
+REQUIRED_SETTINGS = ("num_image_tokens", "image_token_id", "alignment_token_id")
 # ``from_pretrained`` keywords for locating files (handed to the tokenizer / image-processor loaders) and those that
 # transformers' AutoProcessor adds for its own bookkeeping (accepted, not used). ``pipeline`` also hands over the
 # model's keywords (``model_kwargs``): with ``_from_pipeline`` set, every keyword that is no setting is ignored.
@@ -137,15 +143,8 @@ class AlignGPTProcessor(ProcessorMixin):
 
     def settings(self) -> dict:
         """The settings ``processor_config.json`` stores (the ``__init__`` keywords besides the sub-processors)."""
-        return {
-            "num_image_tokens": self.num_image_tokens,
-            "image_token_id": self.image_token_id,
-            "alignment_token_id": self.alignment_token_id,
-            "template": self.template.name,
-            "image_aspect_ratio": self.image_aspect_ratio,
-            "use_alignment_token": self.use_alignment_token,
-            "model_max_length": self.model_max_length,
-        }
+        settings = {name: getattr(self, name) for name in SETTING_NAMES}
+        return {**settings, "template": self.template.name}
 
     def to_dict(self) -> dict:
         return {**self.settings(), "processor_class": type(self).__name__}
@@ -184,6 +183,7 @@ class AlignGPTProcessor(ProcessorMixin):
             if settings.pop("processor_class", cls.__name__) != cls.__name__:
                 raise ValueError(f"{origin}: not an {cls.__name__} (processor_class is another class)")
         _check_settings(settings, origin)
+        chat_template = kwargs.pop("chat_template", chat_template)
         processor = cls(
             load_tokenizer(source, **hub),
             load_image_processor(source, **hub),
@@ -521,13 +521,6 @@ def _padded_offsets(samples: Sequence[EncodedSample], length: int, padding_side:
         padding = [NO_OFFSET] * (length - len(sample.offsets))
         rows.append(sample.offsets + padding if padding_side == "right" else padding + sample.offsets)
     return rows
-
-
-SETTING_NAMES = (
-    "num_image_tokens", "image_token_id", "alignment_token_id", "template", "image_aspect_ratio",
-    "use_alignment_token", "model_max_length",
-)  # fmt: skip
-REQUIRED_SETTINGS = ("num_image_tokens", "image_token_id", "alignment_token_id")
 
 
 def _read_settings(path: Path) -> dict:
