@@ -1,6 +1,7 @@
 """Processing: images, chat templates, tokenisation and batching."""
 
 from aligngpt.processing.image import pad_to_square, preprocess_images, to_rgb
+from aligngpt.processing.jinja_templates import jinja_chat_templates, jinja_template
 from aligngpt.processing.processor import AlignGPTProcessor, EncodedSample, load_image_processor
 from aligngpt.processing.templates import (
     IMAGE_PLACEHOLDER,
@@ -8,6 +9,7 @@ from aligngpt.processing.templates import (
     ChatTemplate,
     Message,
     Segment,
+    TurnFormat,
     get_template,
     normalize_messages,
 )
@@ -31,9 +33,12 @@ __all__ = [
     "IMAGE_PLACEHOLDER",
     "Message",
     "Segment",
+    "TurnFormat",
     "TEMPLATES",
     "apply_legacy_sentencepiece",
     "get_template",
+    "jinja_chat_templates",
+    "jinja_template",
     "load_image_processor",
     "load_tokenizer",
     "normalize_messages",
