@@ -36,7 +36,8 @@ def test_return_dict_false_gives_the_output_fields_as_a_tuple(tiny):
     assert len(as_tuple) == len(as_dict.to_tuple())
     loss, logits = as_tuple[:2]
     assert torch.equal(loss, as_dict.loss) and torch.equal(logits, as_dict.logits)
-    assert torch.equal(as_tuple[-1], as_dict.alignment_weights)
+    assert torch.equal(as_tuple[-2], as_dict.alignment_weights)
+    assert torch.equal(as_tuple[-1].pooler_output, as_dict.image_outputs.pooler_output)  # the image encoder's output
 
     model.config.return_dict = False
     try:
@@ -113,3 +114,20 @@ def test_get_image_features_passes_output_attentions_to_the_tower(tiny):
     assert len(out.attentions) == eager.config.vision_config.num_hidden_layers
     seq = eager.config.patch_grid_size**2 + 1
     assert out.attentions[0].shape[-2:] == (seq, seq)
+
+
+def test_shift_labels_are_the_targets_when_given(tiny):
+    model, batch, _ = tiny
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values")}
+    labels = batch["labels"]
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    with torch.no_grad():
+        from_labels = model(**inputs, labels=labels).loss
+        for positions in ("all", "supervised"):
+            pre_shifted = model(**inputs, shift_labels=shifted, loss_positions=positions).loss
+            assert pre_shifted.item() == pytest.approx(from_labels.item(), rel=1e-6)
+            # With shift_labels given, labels no longer matter and shift_labels do.
+            ignored = model(**inputs, labels=torch.full_like(labels, -100), shift_labels=shifted).loss
+            assert ignored.item() == pytest.approx(from_labels.item(), rel=1e-6)
+        moved = model(**inputs, shift_labels=torch.roll(shifted, 1, dims=1)).loss
+    assert moved.item() != pytest.approx(from_labels.item(), rel=1e-3)

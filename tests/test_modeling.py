@@ -257,8 +257,19 @@ def test_plain_llava_mode_has_no_alignment_token(tmp_path):
 def test_mismatched_images_and_bad_config_raise_clear_errors(llama_clip):
     model, processor, _ = llama_clip
     batch = processor.collate(_samples(processor))
-    with pytest.raises(ValueError, match="neither pixel_values nor vision_features"):
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    # Markers without image inputs are embedded as tokens (as transformers' llava does), with a warning.
+    from transformers.testing_utils import CaptureLogger
+
+    from aligngpt.modeling import aligngpt as modeling_module
+
+    modeling_module.logger.warning_once.cache_clear()
+    with torch.no_grad(), CaptureLogger(modeling_module.logger) as captured:
+        unimaged = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert "neither pixel_values nor vision_features" in captured.out
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(batch["input_ids"])
+        as_tokens = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(unimaged, as_tokens, atol=0, rtol=0)
     with pytest.raises(ValueError, match="do not fill"):
         model(
             input_ids=batch["input_ids"],

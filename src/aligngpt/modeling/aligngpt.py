@@ -23,7 +23,8 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.conversion_mapping import WeightRenaming, register_checkpoint_conversion_mapping
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from aligngpt.config import LEGACY_ALIGNMENT_TOKEN_ID, LEGACY_IMAGE_TOKEN_ID, MODEL_TYPE, AlignGPTConfig
@@ -31,11 +32,15 @@ from aligngpt.modeling.alignment import AlignmentModule
 from aligngpt.modeling.projector import Projector
 from aligngpt.modeling.vision import build_vision_tower, run_vision_tower, select_image_features
 
+logger = logging.get_logger(__name__)
+
 IGNORE_INDEX = -100
 LOSS_POSITIONS = ("all", "supervised")
 # Inputs that belong to the pass that starts from an empty cache (the prompt), never to later decoding steps.
 MULTIMODAL_INPUTS = ("pixel_values", "vision_features", "alignment_levels")
 _MARKER_ROW_SEED = 0
+# transformers renamed ``past_key_values`` to ``cache``; the old name works, with a warning, until this version.
+PAST_KEY_VALUES_REMOVAL = "5.40.0"
 
 # Saved name -> module name, applied in order; transformers reverses them when saving.
 CHECKPOINT_RENAMES = (
@@ -53,6 +58,8 @@ class AlignGPTModelOutput(ModelOutput):
 
     ``last_hidden_state`` is ``[B, L, d]``; ``alignment_weights`` ``[B, N-1]``: the gate softmax for image rows, zeros
     for rows without an image; ``None`` when no gate ran (decode steps, stage-1 levels, or a mode without a gate).
+    ``image_outputs``: the image encoder's output for the pass that encoded images (:meth:`AlignGPTModel.
+    get_image_features`; ``pooler_output`` ``[n_images, num_image_tokens, d]`` are the projected image tokens).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -60,6 +67,7 @@ class AlignGPTModelOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     alignment_weights: torch.Tensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
@@ -68,7 +76,7 @@ class AlignGPTOutput(ModelOutput):
 
     ``logits`` is ``[B, L, V]`` (or ``[B, logits_to_keep, V]``); with ``loss_positions="supervised"`` it is
     ``[n_supervised, V]``, the logits that predict each supervised label in row-major order. The marker ids' logits
-    hold the dtype's minimum. ``alignment_weights`` as in :class:`AlignGPTModelOutput`.
+    hold the dtype's minimum. ``alignment_weights`` and ``image_outputs`` as in :class:`AlignGPTModelOutput`.
     """
 
     loss: torch.Tensor | None = None
@@ -77,6 +85,7 @@ class AlignGPTOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     alignment_weights: torch.Tensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 class AlignGPTPreTrainedModel(PreTrainedModel):
@@ -226,6 +235,22 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
 
         Returns ``inputs_embeds`` ``[B, L, d]`` and ``alignment_weights`` ``[B, N-1]`` (or ``None``).
         """
+        embeds, weights, _ = self._embed(
+            input_ids, attention_mask, pixel_values, vision_features, alignment_levels, inputs_embeds, prefill
+        )
+        return embeds, weights
+
+    def _embed(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        vision_features: torch.Tensor | None,
+        alignment_levels: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        prefill: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, BaseModelOutputWithPooling | None]:
+        """:meth:`embed_inputs` plus the image encoder's outputs (``pooler_output``: the projected image tokens)."""
         image_mask, align_mask = self.marker_masks(input_ids, inputs_embeds)
         if inputs_embeds is None:
             legacy = (input_ids < 0) & (image_mask | align_mask)
@@ -234,10 +259,11 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
         if pixel_values is None and vision_features is None:
             # Decoding steps (one new token) cannot hold markers; skip the host sync of the check there.
             if prefill and text_embeds.shape[1] > 1 and bool((image_mask | align_mask).any()):
-                raise ValueError(
-                    "input_ids contain image positions but neither pixel_values nor vision_features was given"
+                logger.warning_once(
+                    "input_ids contain image positions but neither pixel_values nor vision_features was given: "
+                    "the markers are embedded as ordinary tokens"
                 )
-            return text_embeds, None
+            return text_embeds, None, None
 
         image_rows, align_rows = image_mask.any(dim=1), align_mask.any(dim=1)
         # One host sync for every count the checks need.
@@ -246,10 +272,12 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
         if n_image_rows == 0:
             if n_align:
                 raise ValueError(f"input_ids hold {n_align} alignment slots but no image positions")
-            return text_embeds, None
+            return text_embeds, None, None
         if vision_features is None:
-            vision_features = self.get_vision_features(pixel_values)
-        features = self.project_vision_features(vision_features)
+            image_outputs = self.get_image_features(pixel_values, return_dict=True)
+        else:
+            image_outputs = BaseModelOutputWithPooling(pooler_output=self.project_vision_features(vision_features))
+        features = image_outputs.pooler_output
         if features.shape[0] * features.shape[1] != n_positions or features.shape[0] != n_image_rows:
             raise ValueError(
                 f"{features.shape[0]} images x {features.shape[1]} tokens do not fill {n_positions} image positions in "
@@ -257,7 +285,7 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
             )
         embeds = _scatter_rows(text_embeds, image_mask, n_positions, features)
         if self.alignment is None or n_align == 0:
-            return embeds, None
+            return embeds, None, image_outputs
         if misplaced or n_align != n_image_rows:
             raise ValueError("every image row needs exactly one alignment slot, and text-only rows none")
 
@@ -274,10 +302,11 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
         weights = None
         if alpha is not None:
             weights = alpha.new_zeros(text_embeds.shape[0], alpha.shape[-1]).index_copy(0, rows, alpha)
-        return embeds, weights
+        return embeds, weights, image_outputs
 
     # --- forward -----------------------------------------------------------------------------------------------
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", PAST_KEY_VALUES_REMOVAL, new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -324,7 +353,7 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
         length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         unimaged = pixel_values is None and vision_features is None
         prefill = cache is None or cache.get_seq_length() == 0 if unimaged and length > 1 else True
-        inputs_embeds, alignment_weights = self.embed_inputs(
+        inputs_embeds, alignment_weights, image_outputs = self._embed(
             input_ids, attention_mask, pixel_values, vision_features, alignment_levels, inputs_embeds, prefill
         )
         if position_ids is None and attention_mask is not None:
@@ -344,6 +373,7 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             alignment_weights=alignment_weights,
+            image_outputs=image_outputs,
         )
 
 
@@ -351,6 +381,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
     """AlignGPT with any HF vision encoder and any HF causal LM: :class:`AlignGPTModel` plus the LM head."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(
         self,
@@ -478,6 +509,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
 
     # --- forward -----------------------------------------------------------------------------------------------
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", PAST_KEY_VALUES_REMOVAL, new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -498,6 +530,8 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
 
         Args (the others as :meth:`AlignGPTModel.forward`):
             labels: ``[B, L]`` aligned with ``input_ids`` (shifted inside), ``-100`` = ignored.
+            shift_labels: ``[B, L]`` targets already shifted (position ``i`` is predicted from position ``i``), as
+                transformers passes them under sequence parallelism; they take precedence over ``labels``.
             logits_to_keep: if > 0, compute logits only for the last ``logits_to_keep`` positions.
             loss_positions: ``"all"`` returns full logits; ``"supervised"`` (training) applies the LM head only where
                 a label is supervised, which saves the ``[B, L, V]`` logits tensor.
@@ -505,6 +539,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
         """
         if loss_positions not in LOSS_POSITIONS:
             raise ValueError(f"loss_positions must be one of {LOSS_POSITIONS}, got {loss_positions!r}")
+        shift_labels = kwargs.pop("shift_labels", None)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -520,18 +555,20 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
         )
         hidden = outputs.last_hidden_state
         num_items = kwargs.get("num_items_in_batch")
+        # Targets per position: ``shift_labels`` come pre-shifted (sequence parallelism); ``labels`` are shifted here
+        # (the labels, not the logits: slicing [B, L, V] logits would copy them).
+        targets = shift_labels
+        if targets is None and labels is not None:
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         loss = None
-        if labels is not None and loss_positions == "supervised":
-            targets = labels[:, 1:]
+        if targets is not None and loss_positions == "supervised":
             supervised = targets != IGNORE_INDEX
-            logits = self._mask_marker_logits(self.lm_head(hidden[:, :-1][supervised]))
+            logits = self._mask_marker_logits(self.lm_head(hidden[supervised]))
             loss = _mean_cross_entropy(logits, targets[supervised], num_items)
         else:
             kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
             logits = self._mask_marker_logits(self.lm_head(kept))
-            if labels is not None:
-                # Shift the labels (not the logits): slicing [B, L, V] logits would copy them.
-                targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+            if targets is not None:
                 loss = _mean_cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), num_items)
         return AlignGPTOutput(
             loss=loss,
@@ -540,6 +577,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             alignment_weights=outputs.alignment_weights,
+            image_outputs=outputs.image_outputs,
         )
 
 
