@@ -167,6 +167,7 @@ class AlignGPTConfig(PreTrainedConfig):
         image_aspect_ratio: ``pad`` (pad to square with the mean colour) or ``square`` (resize + centre crop).
         chat_template_name: default chat template of this model (see :mod:`aligngpt.processing.templates`).
         model_max_length: longest sequence (after image expansion) the processor emits for training.
+        use_cache: whether `generate` and `forward` keep a KV cache by default.
     """
 
     model_type = MODEL_TYPE
@@ -190,6 +191,7 @@ class AlignGPTConfig(PreTrainedConfig):
     chat_template_name: str = "vicuna_v1"
     model_max_length: int = 2048
     tie_word_embeddings: bool = False
+    use_cache: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
