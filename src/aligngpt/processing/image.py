@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from aligngpt.config import IMAGE_ASPECT_RATIOS
-from aligngpt.data.images import to_rgb
+from aligngpt.processing.rgb import to_rgb
 
 
 def mean_colour(image_mean: Sequence[float]) -> tuple[int, ...]:
