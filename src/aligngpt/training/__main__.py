@@ -2,7 +2,7 @@
 
 import typer
 
-from aligngpt.cli import SingleCommand
+from aligngpt.commands import SingleCommand
 from aligngpt.training.cli import train_command
 
 
