@@ -1,0 +1,124 @@
+"""The noisy-tasks study: gate statistics, its computed verdict, and ``aligngpt demo --study noisy-smoke`` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from aligngpt.cli import app
+from aligngpt.toyworld.analysis import gate_summary
+from aligngpt.toyworld.instructions import CAPTION_PROMPTS, EVAL_CAPTION_PROMPT
+from aligngpt.toyworld.noisy import NoisyStudy
+from aligngpt.toyworld.presets import ALIGNGPT, ALL_VARIANTS, BASELINE, get_preset
+
+LEVELS = 7
+LOOSE = (CAPTION_PROMPTS[2],)
+
+
+def test_gate_summary_kl_and_mean_level():
+    uniform = gate_summary([[1 / LEVELS] * LEVELS] * 4)
+    assert uniform["kl_from_uniform"] == pytest.approx(0.0, abs=1e-9)
+    assert uniform["mean_level"] == pytest.approx((LEVELS - 1) / 2)
+    assert uniform["per_sample_std"] == pytest.approx(0.0)
+    low = gate_summary([[1.0] + [0.0] * (LEVELS - 1), [0.5, 0.5] + [0.0] * (LEVELS - 2)])
+    assert low["mean_level"] == pytest.approx(0.25)  # mean weights (0.75, 0.25, 0, ...)
+    assert low["kl_from_uniform"] == pytest.approx(math.log(LEVELS) + 0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert low["per_sample_std"] == pytest.approx((0.25 + 0.25) / LEVELS)
+    assert low["n"] == 2
+
+
+def _gate(weights):
+    return gate_summary([weights])
+
+
+def _phrasings(seeds, loose_weights, f1):
+    """Recorded phrasing sweeps: clean phrasings get uniform gate weights, the loose one ``loose_weights``."""
+    uniform = [1 / LEVELS] * LEVELS
+    out = {}
+    for seed in seeds:
+        for variant in (ALIGNGPT, BASELINE):
+            out[f"phrasings/seed{seed}/{variant}"] = {
+                p: {
+                    "f1": f1[variant][seed] - (0.3 if p in LOOSE else 0.0),
+                    "chair_i": 0.1,
+                    "n": 150,
+                    "example": "A red circle.",
+                    "gate": (_gate(loose_weights if p in LOOSE else uniform) if variant == ALIGNGPT else None),
+                }
+                for p in CAPTION_PROMPTS
+            }
+    return out
+
+
+def _study(phrasings, seeds):
+    return NoisyStudy(phrasings, seeds, (ALIGNGPT, BASELINE), CAPTION_PROMPTS, LOOSE, EVAL_CAPTION_PROMPT)
+
+
+def test_verdict_says_the_gate_adapts_when_the_loose_phrasing_leans_to_low_levels():
+    seeds = [0, 1, 2]
+    f1 = {ALIGNGPT: [0.95, 0.94, 0.96], BASELINE: [0.90, 0.91, 0.90]}
+    study = _study(_phrasings(seeds, [0.4, 0.3, 0.1, 0.1, 0.05, 0.03, 0.02], f1), seeds)
+    assert study.adapts()
+    assert study.level_shifts() == pytest.approx([3.0 - 1.27] * 3)
+    text = "\n".join(study.verdict_lines())
+    assert "**Does the gate adapt?** **yes**" in text
+    # 0.05, 0.03, 0.06: same sign, mean 0.047 > std 0.015 -> an effect
+    assert re.search(r"caption F1 on the clean phrasings:\*\* baseline \+0\.047 ± 0\.015 \(an effect\)", text)
+    section = "\n".join(study.section_lines())
+    assert "gate_phrasings.png" in section
+    assert re.search(r"^\| 0 \| «What is in this image\? Describe all objects\.» \(loose\) \| 0\.400 0\.300 ", section,
+                     re.M)  # fmt: skip
+
+
+def test_verdict_says_the_gate_stays_uniform():
+    seeds = [0, 1]
+    f1 = {ALIGNGPT: [0.95, 0.90], BASELINE: [0.92, 0.92]}
+    study = _study(_phrasings(seeds, [1 / LEVELS] * LEVELS, f1), seeds)
+    assert not study.adapts() and study.max_kl() < 1e-9
+    text = "\n".join(study.verdict_lines())
+    assert "**no, the gate stays uniform**" in text
+    assert "baseline +0.005 ± 0.035 (within the seed spread)" in text  # differences +0.03 and -0.02
+
+
+def test_study_presets():
+    study = get_preset("noisy-tasks")
+    assert study.variants == ALL_VARIANTS and study.seeds >= 3 and study.loose_prompts == LOOSE
+    full = get_preset("full")
+    assert (study.pretrain_steps, study.finetune_steps, study.n_finetune) == (
+        full.pretrain_steps, full.finetune_steps, full.n_finetune)  # fmt: skip
+    with pytest.raises(ValueError, match="studies: noisy-tasks"):
+        get_preset("noisy")
+
+
+def test_smoke_study_end_to_end(tmp_path):
+    out = tmp_path / "study"
+    result = CliRunner().invoke(app, ["demo", "--study", "noisy-smoke", "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    lines = report.splitlines()
+    assert lines[0] == "# AlignGPT toy-world study `noisy-smoke`"
+    assert lines[2].startswith("**Noisy-tasks question.**")  # the study's verdict opens the report
+    assert lines[4].startswith("- **Does the gate adapt?** **")
+    assert "**Verdict: not converged.**" in report  # then the demo's verdict
+    for variant in ALL_VARIANTS:
+        assert f"AlignGPT − {variant}" in report or variant == ALIGNGPT
+    for prompt in CAPTION_PROMPTS:
+        assert re.search(rf"^\| 0 \| «{re.escape(prompt)}» .*\| (0\.\d{{3}} ){{6}}0\.\d{{3}} \| \d\.\d{{4}} \|", report,
+                         re.M), prompt  # fmt: skip
+    assert (out / "gate_phrasings.png").stat().st_size > 0
+    steps = json.loads((out / "steps.json").read_text())
+    assert {f"phrasings/seed0/{v}" for v in ALL_VARIANTS} <= set(steps)
+    finetune = json.loads((out / "world" / "finetune.json").read_text())
+    loose = [r for r in finetune if any(LOOSE[0] in turn["value"] for turn in r["conversations"])]
+    assert loose and all(r["noisy"] == [True] for r in loose)
+
+
+def test_study_and_full_together_are_refused(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--study", "noisy-smoke", "--full", "--out", str(tmp_path / "d")])
+    assert result.exit_code != 0
+    assert "--study and --full" in str(result.exception)
+    assert not (tmp_path / "d").exists()
