@@ -1,4 +1,4 @@
-"""The noisy-tasks study: gate statistics, its computed verdict, and ``aligngpt demo --study noisy-smoke`` end to end."""
+"""The noisy-tasks study: gate statistics, the computed verdict, and `aligngpt demo --study noisy-smoke` end to end."""
 
 from __future__ import annotations
 
