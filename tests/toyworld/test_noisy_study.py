@@ -6,6 +6,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -116,9 +117,60 @@ def test_smoke_study_end_to_end(tmp_path):
     loose = [r for r in finetune if any(LOOSE[0] in turn["value"] for turn in r["conversations"])]
     assert loose and all(r["noisy"] == [True] for r in loose)
 
+    # the gate probe reruns stage 2 from this study's stage 1; a 100x gate LR moves the gate further in 3 steps
+    from aligngpt.toyworld.gate_probe import CHANGES, run_probe
+
+    changes = tuple(c for c in CHANGES if c.name in ("recipe", "gate-lr-x100"))
+    probe = run_probe(out, tmp_path / "probe", [0], changes, workers=1, study="noisy-smoke", echo=lambda _: None)
+    done = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    recipe, fast = (done[f"seed0/{name}"]["result"] for name in ("recipe", "gate-lr-x100"))
+    assert recipe["phrasings"] == steps["phrasings/seed0/aligngpt"]["result"]  # the measurement changes nothing
+    kl = [r["phrasings"][LOOSE[0]]["gate"]["kl_from_uniform"] for r in (recipe, fast)]
+    assert kl[1] > 10 * kl[0]
+    assert recipe["gradients"][0]["step"] == 0 and recipe["gradients"][0]["gate_grad_norm"] > 0
+    assert re.search(r"^\| seed0/gate-lr-x100 \| \d\.\d\de-\d\d \|", probe.read_text(), re.M)
+
 
 def test_study_and_full_together_are_refused(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--study", "noisy-smoke", "--full", "--out", str(tmp_path / "d")])
     assert result.exit_code != 0
     assert "--study and --full" in str(result.exception)
     assert not (tmp_path / "d").exists()
+
+
+def test_gate_input_separation_finds_a_shifted_dimension_and_not_noise():
+    from aligngpt.toyworld.gate_probe import gate_input_separation
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(200, 9))  # the same images under every prompt
+    clean = {CAPTION_PROMPTS[0]: images, CAPTION_PROMPTS[1]: images + 0.01 * rng.normal(size=(200, 9))}
+    shifted = images.copy()
+    shifted[:, 3] += 3.0
+    separable = gate_input_separation({**clean, LOOSE[0]: shifted}, LOOSE)
+    assert separable["probe_accuracy"] > 0.9 and separable["fisher"] > 2.0
+    same = gate_input_separation({**clean, LOOSE[0]: images + 0.01 * rng.normal(size=(200, 9))}, LOOSE)
+    assert 0.35 < same["probe_accuracy"] < 0.65 and same["fisher"] < 0.01
+
+
+def test_scale_gate_init_scales_only_the_output_layer(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from aligngpt.toyworld.gate_probe import scale_gate_init
+
+    source = tmp_path / "stage1"
+    source.mkdir()
+    (source / "checkpoints").mkdir()
+    (source / "config.json").write_text("{}")
+    tensors = {"alignment.gate.0.weight": torch.ones(4, 9), "alignment.gate.2.weight": torch.ones(7, 4),
+               "alignment.gate.2.bias": torch.full((7,), 0.5)}  # fmt: skip
+    save_file(tensors, str(source / "model.safetensors"))
+    target = scale_gate_init(source, tmp_path / "scaled", 10.0)
+    scaled = load_file(str(target / "model.safetensors"))
+    assert torch.equal(scaled["alignment.gate.0.weight"], tensors["alignment.gate.0.weight"])
+    assert torch.equal(scaled["alignment.gate.2.weight"], 10 * tensors["alignment.gate.2.weight"])
+    assert torch.equal(scaled["alignment.gate.2.bias"], torch.full((7,), 5.0))
+    assert (target / "config.json").is_file() and not (target / "checkpoints").exists()
+    save_file({"projector.weight": torch.ones(2)}, str(source / "model.safetensors"))
+    with pytest.raises(ValueError, match="no alignment.gate.2"):
+        scale_gate_init(source, tmp_path / "again", 10.0)

@@ -90,6 +90,7 @@ class RecipeOptions:
 
     train_llm_lr_scale: float | None = None  # pretrain: also train the LLM at this LR multiplier (toy worlds)
     projector_lr_scale: float = 1.0  # multiplier of the projector's LR (LoRA default 0.1: 2e-5 vs 2e-4)
+    gate_lr_scale: float = 1.0  # stage 2: multiplier of the gate's LR (official: the LLM's LR)
 
 
 def _named(module: nn.Module | None, prefix: str) -> tuple[tuple[str, nn.Parameter], ...]:
@@ -155,7 +156,7 @@ class FinetuneRecipe(Recipe):
         return [
             ParamGroup("language_model", _named(model.language_model, "language_model")),
             ParamGroup("projector", _named(model.projector, "projector"), options.projector_lr_scale),
-            ParamGroup("gate", _gate(model)),
+            ParamGroup("gate", _gate(model), options.gate_lr_scale),
         ]
 
 
@@ -177,7 +178,7 @@ class FinetuneLoraRecipe(FinetuneRecipe):
         return [
             ParamGroup("lora", lora),
             ParamGroup("projector", _named(model.projector, "projector"), options.projector_lr_scale),
-            ParamGroup("gate", _gate(model)),
+            ParamGroup("gate", _gate(model), options.gate_lr_scale),
         ]
 
 
