@@ -130,6 +130,13 @@ def test_smoke_study_end_to_end(tmp_path):
     assert recipe["gradients"][0]["step"] == 0 and recipe["gradients"][0]["gate_grad_norm"] > 0
     assert re.search(r"^\| seed0/gate-lr-x100 \| \d\.\d\de-\d\d \|", probe.read_text(), re.M)
 
+    from aligngpt.toyworld.gate_probe import run_forced_levels
+
+    levels = run_forced_levels(out, tmp_path / "probe", [0], workers=1, study="noisy-smoke", echo=lambda _: None)
+    for prompt in CAPTION_PROMPTS:
+        assert re.search(rf"^\| seed0 \| «{re.escape(prompt)}» \|( \d\.\d{{3}} / \d\.\d{{3}} \|){{8}}$",
+                         levels.read_text(), re.M)  # fmt: skip
+
 
 def test_study_and_full_together_are_refused(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--study", "noisy-smoke", "--full", "--out", str(tmp_path / "d")])

@@ -163,3 +163,36 @@ def caption_phrasing_sweep(
             "gate": gate_summary(alphas) if alphas else None,
         }
     return results
+
+
+def forced_level_phrasings(
+    model_dir: Path, world_dir: Path, prompts: tuple[str, ...], levels: int, batch_size: int, tokens: int
+) -> dict:
+    """Caption F1 / CHAIR_i of a stage-2 model asked in each phrasing with the alignment token forced to each level.
+
+    The model's own chat template; ``a = E[level]`` replaces the gate's mixture. Returns ``{prompt: {level: scores}}``
+    (levels as strings): whether the token still steers the answers after stage 2.
+    """
+    from PIL import Image
+
+    import aligngpt
+    from aligngpt.inference.pipeline import GenerationSettings
+
+    pipeline = aligngpt.load(model_dir, device="cpu")
+    questions = read_jsonl(world_dir / "eval" / "caption" / "questions.jsonl")
+    annotations = read_jsonl(world_dir / "eval" / "caption" / "annotations.jsonl")
+    images = [Image.open(world_dir / "images" / q["image"]).convert("RGB") for q in questions]
+    settings = GenerationSettings(max_new_tokens=tokens)
+    results: dict = {}
+    for prompt in prompts:
+        results[prompt] = {}
+        for level in range(levels):
+            texts = []
+            for start in range(0, len(images), batch_size):
+                chunk = images[start : start + batch_size]
+                answers = pipeline.generate_batch([(image, prompt) for image in chunk], settings,
+                                                  alignment_levels=[level] * len(chunk))  # fmt: skip
+                texts += [answer.text for answer in answers]
+            predictions = {str(q["question_id"]): text for q, text in zip(questions, texts)}
+            results[prompt][str(level)] = score_captions(predictions, annotations)
+    return results

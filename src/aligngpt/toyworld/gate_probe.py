@@ -31,10 +31,11 @@ import numpy as np
 
 from aligngpt.toyworld._io import atomic_write_json, atomic_write_text
 from aligngpt.toyworld.instructions import CAPTION_PROMPTS
-from aligngpt.toyworld.presets import ALIGNGPT, get_preset
+from aligngpt.toyworld.presets import ALIGNGPT, NUM_LEVELS, get_preset
 
 STUDY = "noisy-tasks"
 PROBE_FILE = "probe.json"
+LEVELS_FILE = "levels.json"
 GRAD_EVERY = 10  # optimizer steps between gradient-norm records
 GATE_OUTPUT = "alignment.gate.2"  # the gate's last Linear (logits over the N-1 local levels)
 GROUPS = {"gate": "alignment.gate.", "language_model": "language_model.", "projector": "projector."}
@@ -254,6 +255,58 @@ def run_probe(study_dir: Path, out: Path, seeds: list[int], changes: tuple[GateC
     return write_probe_report(out, done, preset.loose_prompts)
 
 
+def forced_levels_job(model_dir: str, world_dir: str, prompts: tuple[str, ...], batch_size: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    from aligngpt.evaluation.benchmarks.toyworld import ToyWorld
+    from aligngpt.toyworld.analysis import forced_level_phrasings
+
+    return forced_level_phrasings(Path(model_dir), Path(world_dir), prompts, NUM_LEVELS, batch_size,
+                                  ToyWorld.max_new_tokens)  # fmt: skip
+
+
+def run_forced_levels(study_dir: Path, out: Path, seeds: list[int], workers: int = 2, study: str = STUDY,
+                      echo=print) -> Path:  # fmt: skip
+    """The study's AlignGPT stage-2 models, each phrasing, the token forced to every level: ``levels.json`` and
+    ``levels.md`` in ``out``. Does the alignment token still steer the captions after stage 2?"""
+    from aligngpt.toyworld.pipeline import WorkerPool
+
+    preset = get_preset(study)
+    study_dir, out = Path(study_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LEVELS_FILE
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [s for s in seeds if f"seed{s}" not in done]
+    jobs = [(forced_levels_job, (str(study_dir / "runs" / f"seed{s}" / ALIGNGPT), str(study_dir / "world"),
+                                 CAPTION_PROMPTS, preset.eval_batch_size, 1)) for s in todo]  # fmt: skip
+    pool = WorkerPool(workers)
+    try:
+        for index, result in pool.run(jobs):
+            done[f"seed{todo[index]}"] = result
+            atomic_write_json(path, done)
+            echo(f"[probe] forced levels, seed{todo[index]}: done")
+    finally:
+        pool.close()
+    lines = [
+        "# AlignGPT after stage 2, the alignment token forced to each level",
+        "",
+        "Caption F1 / CHAIR_i against the clean scenes, per phrasing (loose: "
+        + ", ".join(f"«{p}»" for p in preset.loose_prompts)
+        + "), `a = E[level]` instead of the gate's mixture.",
+        "",
+        "| seed | phrasing | " + " | ".join(f"level {k}" for k in range(NUM_LEVELS)) + " |",
+        "|---|---|" + "---|" * NUM_LEVELS,
+    ]
+    for seed_name, result in sorted(done.items()):
+        for prompt, by_level in result.items():
+            cells = [f"{by_level[str(k)]['f1']:.3f} / {by_level[str(k)]['chair_i']:.3f}" for k in range(NUM_LEVELS)]
+            lines.append(f"| {seed_name} | «{prompt}» | " + " | ".join(cells) + " |")
+    report = out / "levels.md"
+    atomic_write_text(report, "\n".join(lines) + "\n")
+    return report
+
+
 def _summary_rows(done: dict, loose: tuple[str, ...]) -> list[str]:
     rows = [
         "| seed/change | gate ‖g‖ / LLM ‖g‖ (median) | gate output drift at the end | KL loose / clean (nats) | "
@@ -336,6 +389,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated subset of: " + ", ".join(c.name for c in CHANGES))  # fmt: skip
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--preset", default=STUDY, help=f"the study preset of --study (default {STUDY})")
+    parser.add_argument("--forced-levels", action="store_true",
+                        help="instead: caption with the study's AlignGPT stage-2 models, the token forced to each "
+                        "level, in every phrasing (levels.md)")  # fmt: skip
     args = parser.parse_args(argv)
     known = {c.name: c for c in CHANGES}
     wanted = [name.strip() for name in args.changes.split(",") if name.strip()]
@@ -343,6 +399,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown changes {unknown}; known: {', '.join(known)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.forced_levels:
+        print(f"[probe] report: {run_forced_levels(args.study, args.out, seeds, args.workers, args.preset)}")
+        return
     report = run_probe(args.study, args.out, seeds, tuple(known[n] for n in wanted), args.workers, args.preset)
     print(f"[probe] report: {report}")
 
