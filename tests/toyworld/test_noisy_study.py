@@ -130,7 +130,11 @@ def test_smoke_study_end_to_end(tmp_path):
     assert recipe["gradients"][0]["step"] == 0 and recipe["gradients"][0]["gate_grad_norm"] > 0
     assert re.search(r"^\| seed0/gate-lr-x100 \| \d\.\d\de-\d\d \|", probe.read_text(), re.M)
 
-    from aligngpt.toyworld.gate_probe import run_forced_levels
+    from aligngpt.toyworld.gate_probe import run_forced_levels, run_start_gates
+
+    start = json.loads(run_start_gates(out, tmp_path / "probe", [0], changes).read_text())
+    assert start["seed0/recipe"] == start["seed0/gate-lr-x100"]  # both start from the study's stage-1 model
+    assert set(start["seed0/recipe"]) == set(CAPTION_PROMPTS)
 
     levels = run_forced_levels(out, tmp_path / "probe", [0], workers=1, study="noisy-smoke", echo=lambda _: None)
     for prompt in CAPTION_PROMPTS:

@@ -36,6 +36,7 @@ from aligngpt.toyworld.presets import ALIGNGPT, NUM_LEVELS, get_preset
 STUDY = "noisy-tasks"
 PROBE_FILE = "probe.json"
 LEVELS_FILE = "levels.json"
+START_FILE = "start.json"
 GRAD_EVERY = 10  # optimizer steps between gradient-norm records
 GATE_OUTPUT = "alignment.gate.2"  # the gate's last Linear (logits over the N-1 local levels)
 GROUPS = {"gate": "alignment.gate.", "language_model": "language_model.", "projector": "projector."}
@@ -154,6 +155,48 @@ def gate_input_separation(inputs: dict[str, np.ndarray], loose: tuple[str, ...])
         "probe_accuracy": float(accuracy),
         "input_std_across_images": float(np.sqrt(within).mean()),
     }
+
+
+def gate_per_phrasing(model_dir: Path, world_dir: Path, prompts: tuple[str, ...]) -> dict:
+    """:func:`~aligngpt.toyworld.analysis.gate_summary` of the gate's weights per prompt on the caption evaluation
+    images, without generating (one prefill each): e.g. the gate a stage 2 starts from."""
+    from PIL import Image
+
+    import aligngpt
+    from aligngpt.toyworld.analysis import gate_summary
+    from aligngpt.toyworld.metrics import read_jsonl
+
+    pipeline = aligngpt.load(model_dir, device="cpu")
+    questions = read_jsonl(world_dir / "eval" / "caption" / "questions.jsonl")
+    images = [Image.open(world_dir / "images" / q["image"]).convert("RGB") for q in questions]
+    return {prompt: gate_summary([pipeline.alignment_weights(image, prompt) for image in images]) for prompt in prompts}
+
+
+def start_gates_job(model_dirs: dict[str, str], world_dir: str, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    return {name: gate_per_phrasing(Path(d), Path(world_dir), CAPTION_PROMPTS) for name, d in model_dirs.items()}
+
+
+def run_start_gates(study_dir: Path, out: Path, seeds: list[int], changes: tuple[GateChange, ...] = CHANGES) -> Path:
+    """The gate each probe run started from, per phrasing (``start.json``): the study's stage-1 model, or its copy with
+    the gate's output layer scaled."""
+    study_dir, out = Path(study_dir), Path(out)
+    dirs = {}
+    for seed in seeds:
+        for change in changes:
+            stage1 = study_dir / "runs" / f"seed{seed}" / f"{ALIGNGPT}-stage1"
+            if change.gate_init_scale != 1.0:
+                stage1 = out / "stage1" / f"seed{seed}-gate-init-x{change.gate_init_scale:g}"
+                if not (stage1 / "model.safetensors").is_file():
+                    scale_gate_init(study_dir / "runs" / f"seed{seed}" / f"{ALIGNGPT}-stage1", stage1,
+                                    change.gate_init_scale)  # fmt: skip
+            dirs[f"seed{seed}/{change.name}"] = str(stage1)
+    result = start_gates_job(dirs, str(study_dir / "world"), 1)
+    path = out / START_FILE
+    atomic_write_json(path, result)
+    return path
 
 
 def gate_inputs(model_dir: Path, world_dir: Path, prompts: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -392,6 +435,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--forced-levels", action="store_true",
                         help="instead: caption with the study's AlignGPT stage-2 models, the token forced to each "
                         "level, in every phrasing (levels.md)")  # fmt: skip
+    parser.add_argument(
+        "--start-gates",
+        action="store_true",
+        help="instead: the gate weights per phrasing of the model each change starts from (start.json)",
+    )
     args = parser.parse_args(argv)
     known = {c.name: c for c in CHANGES}
     wanted = [name.strip() for name in args.changes.split(",") if name.strip()]
@@ -399,6 +447,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown changes {unknown}; known: {', '.join(known)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.start_gates:
+        print(f"[probe] start gates: {run_start_gates(args.study, args.out, seeds, tuple(known[n] for n in wanted))}")
+        return
     if args.forced_levels:
         print(f"[probe] report: {run_forced_levels(args.study, args.out, seeds, args.workers, args.preset)}")
         return
