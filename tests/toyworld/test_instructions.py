@@ -4,6 +4,9 @@ from collections import Counter
 import pytest
 
 from aligngpt.toyworld.instructions import (
+    CAPTION_PROMPTS,
+    EVAL_CAPTION_PROMPT,
+    LOOSE_CATEGORY,
     POPE_SPLITS,
     SHORT_ANSWER_SUFFIX,
     InstructionConfig,
@@ -11,8 +14,8 @@ from aligngpt.toyworld.instructions import (
     make_qa,
     pope_negative,
 )
-from aligngpt.toyworld.text import clean_caption, parse_caption, position_cell
-from aligngpt.toyworld.world import COLOURS, SHAPES, WorldConfig, partner_of, sample_scene, stream_rng
+from aligngpt.toyworld.text import alignment_f1, clean_caption, parse_caption, position_cell
+from aligngpt.toyworld.world import COLOURS, SHAPES, SceneObject, WorldConfig, partner_of, sample_scene, stream_rng
 
 WORLD = WorldConfig()
 
@@ -111,3 +114,54 @@ def test_conversation_turns_and_task_mix():
 def test_bad_instruction_settings_are_rejected(kwargs):
     with pytest.raises(ValueError):
         InstructionConfig(**kwargs)
+
+
+# --- loose caption phrasings (the noisy-tasks study) ---------------------------------------------------------------
+LOOSE = CAPTION_PROMPTS[2]
+
+
+def test_loose_phrasing_is_answered_like_a_stage1_partial_caption_and_stands_alone():
+    config = InstructionConfig(loose_prompts=(LOOSE,))
+    loose_turns, clean_captions = [], 0
+    for i, scene in enumerate(_scenes(400)):
+        turns = make_conversation(scene, stream_rng(0, "loose", i), config)
+        for qa in turns:
+            if qa.question == LOOSE:
+                assert turns == [qa]  # one turn: the sample's single alignment token serves only this prompt
+                assert qa.noisy and qa.category == LOOSE_CATEGORY
+                mentioned = [SceneObject(m.type, *m.cell) for m in parse_caption(qa.answer)]
+                loose_turns.append(alignment_f1(mentioned, scene))
+            elif qa.task == "caption":
+                assert qa.answer == clean_caption(scene) and not qa.noisy  # the other phrasings stay clean
+                clean_captions += 1
+    assert len(loose_turns) > 10 and clean_captions > 10
+    assert max(loose_turns) < 1.0  # every loose answer has at least one corrupted mention
+    assert 0.2 < sum(loose_turns) / len(loose_turns) < 0.7  # partly right, like the stage-1 partial captions
+
+
+def test_loose_fraction_zero_keeps_the_loose_phrasing_clean():
+    config = InstructionConfig(loose_prompts=(LOOSE,), loose_fraction=0.0)
+    scene = _scenes(1)[0]
+    for i in range(60):
+        qa = make_qa("caption", scene, stream_rng(0, "fraction", i), config=config)
+        assert qa.answer == clean_caption(scene) and not qa.noisy
+
+
+def test_default_config_draws_exactly_as_without_one():
+    """The default world (and every earlier study's data) does not change: same answers, same random stream."""
+    for i, scene in enumerate(_scenes(30)):
+        for task in ("caption", "pope", "colour"):
+            with_config, without = stream_rng(0, "same", i), stream_rng(0, "same", i)
+            assert make_qa(task, scene, with_config, config=InstructionConfig()) == make_qa(task, scene, without)
+            assert with_config.random() == without.random()
+
+
+@pytest.mark.parametrize(
+    ("prompts", "message"),
+    [(("Describe the cat.",), "are not caption phrasings"), ((EVAL_CAPTION_PROMPT,), "cannot be a loose prompt")],
+)
+def test_bad_loose_prompts_are_refused(prompts, message):
+    with pytest.raises(ValueError, match=message):
+        InstructionConfig(loose_prompts=prompts)
+    with pytest.raises(ValueError, match="loose_fraction"):
+        InstructionConfig(loose_prompts=(LOOSE,), loose_fraction=1.5)

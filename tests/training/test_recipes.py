@@ -87,6 +87,16 @@ def test_lora_recipe_trains_adapters_projector_and_gate(load):
     assert {group.name: group.lr_scale for group in groups}["projector"] == 0.1
 
 
+def test_gate_lr_scale_sets_the_gate_group_of_every_stage2_recipe(load):
+    from aligngpt.training.config import resolve_config
+
+    model = load()
+    groups = get_recipe("finetune").apply(model, RecipeOptions(gate_lr_scale=10.0))
+    assert {group.name: group.lr_scale for group in groups} == {"language_model": 1.0, "projector": 1.0, "gate": 10.0}
+    with pytest.raises(ValueError, match="gate_lr_scale must be > 0"):
+        resolve_config(overrides={"recipe": "finetune", "data": "d.json", "output_dir": "o", "gate_lr_scale": 0.0})
+
+
 def test_unknown_recipe_is_an_error():
     with pytest.raises(ValueError, match="known: pretrain, finetune, finetune-lora"):
         get_recipe("stage3")

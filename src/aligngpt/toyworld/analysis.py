@@ -92,8 +92,29 @@ def caption_level_sweep(model_dir: Path, world_dir: Path, levels: int | None, ba
     return results
 
 
+def gate_summary(rows: list[list[float]]) -> dict:
+    """Statistics of gate weights ``rows`` (``[n, K]``, each row a softmax over the K local levels).
+
+    ``kl_from_uniform`` is KL(mean weights || uniform) = log K - entropy of the mean; ``mean_level`` is the level
+    index expected under the mean weights (``(K - 1) / 2`` for uniform weights; lower = more weight on low levels);
+    ``per_sample_std`` is the standard deviation over samples, averaged over the levels.
+    """
+    matrix = np.asarray(rows, dtype=float)
+    mean = matrix.mean(0)
+    entropy_of_mean = float(-(mean * np.log(mean + 1e-12)).sum())
+    return {
+        "mean": mean.tolist(),
+        "entropy_of_mean": entropy_of_mean,
+        "mean_entropy": float(-(matrix * np.log(matrix + 1e-12)).sum(1).mean()),
+        "kl_from_uniform": math.log(matrix.shape[1]) - entropy_of_mean,
+        "mean_level": float((mean * np.arange(matrix.shape[1])).sum()),
+        "per_sample_std": float(matrix.std(0).mean()),
+        "n": len(rows),
+    }
+
+
 def gate_statistics(answers_path: Path, world_dir: Path) -> dict:
-    """Mean gate weights per question type, their entropy, and the mean per-sample entropy."""
+    """Gate statistics (:func:`gate_summary`) per question type, and the maximum entropy ``log K``."""
     category = {}
     for name in ("caption", "vqa", "pope"):
         for question in read_jsonl(world_dir / "eval" / name / "questions.jsonl"):
@@ -105,16 +126,73 @@ def gate_statistics(answers_path: Path, world_dir: Path) -> dict:
             weights[category.get(str(answer["question_id"]), "other")].append(alpha)
     if not weights:
         return {}
-    result = {}
-    for task, rows in sorted(weights.items()):
-        matrix = np.array(rows)
-        mean = matrix.mean(0)
-        result[task] = {
-            "mean": mean.tolist(),
-            "entropy_of_mean": float(-(mean * np.log(mean + 1e-12)).sum()),
-            "mean_entropy": float(-(matrix * np.log(matrix + 1e-12)).sum(1).mean()),
-            "per_sample_std": float(matrix.std(0).mean()),
-            "n": len(rows),
-        }
+    result = {task: gate_summary(rows) for task, rows in sorted(weights.items())}
     result["max_entropy"] = float(math.log(len(next(iter(weights.values()))[0])))
     return result
+
+
+def caption_phrasing_sweep(
+    model_dir: Path, world_dir: Path, prompts: tuple[str, ...], batch_size: int, tokens: int
+) -> dict:
+    """Captions of the evaluation images asked in each phrasing of ``prompts``, scored against the clean scenes.
+
+    Returns ``{prompt: {caption scores..., "example", "gate": gate_summary or None}}``: the model's own chat template,
+    the gate's weights of every prompt (``None`` for a model without a gate).
+    """
+    from PIL import Image
+
+    import aligngpt
+    from aligngpt.inference.pipeline import GenerationSettings
+
+    pipeline = aligngpt.load(model_dir, device="cpu")
+    questions = read_jsonl(world_dir / "eval" / "caption" / "questions.jsonl")
+    annotations = read_jsonl(world_dir / "eval" / "caption" / "annotations.jsonl")
+    images = [Image.open(world_dir / "images" / q["image"]).convert("RGB") for q in questions]
+    settings = GenerationSettings(max_new_tokens=tokens)
+    results = {}
+    for prompt in prompts:
+        answers = []
+        for start in range(0, len(images), batch_size):
+            answers += pipeline.generate_batch([(image, prompt) for image in images[start : start + batch_size]],
+                                               settings)  # fmt: skip
+        predictions = {str(q["question_id"]): a.text for q, a in zip(questions, answers)}
+        alphas = [a.alignment_weights for a in answers if a.alignment_weights is not None]
+        results[prompt] = {
+            **score_captions(predictions, annotations),
+            "example": answers[0].text if answers else "",
+            "gate": gate_summary(alphas) if alphas else None,
+        }
+    return results
+
+
+def forced_level_phrasings(
+    model_dir: Path, world_dir: Path, prompts: tuple[str, ...], levels: int, batch_size: int, tokens: int
+) -> dict:
+    """Caption F1 / CHAIR_i of a stage-2 model asked in each phrasing with the alignment token forced to each level.
+
+    The model's own chat template; ``a = E[level]`` replaces the gate's mixture. Returns ``{prompt: {level: scores}}``
+    (levels as strings): whether the token still steers the answers after stage 2.
+    """
+    from PIL import Image
+
+    import aligngpt
+    from aligngpt.inference.pipeline import GenerationSettings
+
+    pipeline = aligngpt.load(model_dir, device="cpu")
+    questions = read_jsonl(world_dir / "eval" / "caption" / "questions.jsonl")
+    annotations = read_jsonl(world_dir / "eval" / "caption" / "annotations.jsonl")
+    images = [Image.open(world_dir / "images" / q["image"]).convert("RGB") for q in questions]
+    settings = GenerationSettings(max_new_tokens=tokens)
+    results: dict = {}
+    for prompt in prompts:
+        results[prompt] = {}
+        for level in range(levels):
+            texts = []
+            for start in range(0, len(images), batch_size):
+                chunk = images[start : start + batch_size]
+                answers = pipeline.generate_batch([(image, prompt) for image in chunk], settings,
+                                                  alignment_levels=[level] * len(chunk))  # fmt: skip
+                texts += [answer.text for answer in answers]
+            predictions = {str(q["question_id"]): text for q, text in zip(questions, texts)}
+            results[prompt][str(level)] = score_captions(predictions, annotations)
+    return results

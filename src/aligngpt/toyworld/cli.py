@@ -17,6 +17,13 @@ def demo(
         "(docs/toyworld.md). Add the prefix control with --variants.",
     ),
     size: str = typer.Option("default", "--size", help="default, or smoke (tiny sizes, a few steps: a quick check)."),
+    study: str = typer.Option(
+        None,
+        "--study",
+        help="A study preset instead of a size: noisy-tasks (one caption phrasing answered like stage-1 partial "
+        "captions; 3 seeds, all six variants, captions in every phrasing and the gate per phrasing; about 30 min on "
+        "2 idle cores, 63 min measured under load, docs/toyworld.md), or noisy-smoke (the same at smoke size).",
+    ),
     workers: int = typer.Option(2, "--workers", min=1, help="Trainings run in parallel, one torch thread each."),
     rebuild_zoo: bool = typer.Option(
         False,
@@ -35,7 +42,8 @@ def demo(
     from aligngpt.toyworld.pipeline import run_demo
 
     chosen = tuple(name.strip() for name in variants.split(",") if name.strip()) if variants else None
-    report = run_demo(out, size=size, seeds=seeds, full=full, workers=workers, variants=chosen, rebuild_zoo=rebuild_zoo)
+    report = run_demo(out, size=size, seeds=seeds, full=full, workers=workers, variants=chosen,
+                      rebuild_zoo=rebuild_zoo, study=study)  # fmt: skip
     typer.echo(f"report written to {report}")
 
 

@@ -6,7 +6,10 @@ objects ("popular") or attribute swaps of present objects ("adversarial")).
 
 Noise knobs (see TOYWORLD_NOTES): ``noise_fraction`` corrupts that share of caption answers with the stage-1
 noise model and always adds an absent partner; ``noisy_tasks`` names task types whose answers are *always*
-corrupted, which makes the noise predictable from the prompt.
+corrupted, which makes the noise predictable from the prompt; ``loose_prompts`` names caption phrasings whose answers
+(a share ``loose_fraction`` of them) are drawn like the stage-1 "partial" captions, so that a lower alignment level
+is the right choice for exactly those prompts. A loose turn stands alone in its conversation: the gate chooses one
+alignment token per sample, so that token then serves exactly the loose prompt.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aligngpt.toyworld.text import article, caption_from_objects, clean_caption, corrupt_mentions
+from aligngpt.toyworld.text import (
+    PretrainNoiseConfig,
+    article,
+    caption_from_objects,
+    clean_caption,
+    corrupt_mentions,
+)
 from aligngpt.toyworld.world import (
     ALL_TYPES,
     COLOURS,
@@ -51,6 +60,7 @@ TEXT_ONLY_QA = (
     ("How many objects can an image contain?", "between one and four."),
 )
 CORRUPTED_CAPTION_PROB_RANGE = (0.2, 0.9)
+LOOSE_CATEGORY = "loose"  # category of a caption turn answered loosely (``loose_prompts``)
 FAIR_COIN = 0.5  # e.g. count noise goes up or down, POPE positive or negative, equally often
 
 
@@ -88,16 +98,27 @@ class InstructionConfig:
     noise_fraction: float = 0.0  # share of caption answers corrupted (an absent partner always added)
     noisy_tasks: tuple[str, ...] = ()  # task types whose answers are always corrupted
     text_only_fraction: float = 0.02
+    # Caption phrasings (members of CAPTION_PROMPTS) whose answers are loosely aligned: that share of them is drawn
+    # like a stage-1 "partial" caption (each mention corrupted with p ~ U(corrupt_prob_min, corrupt_prob_max)).
+    loose_prompts: tuple[str, ...] = ()
+    loose_fraction: float = 1.0
+    loose_noise: PretrainNoiseConfig = field(default_factory=PretrainNoiseConfig)
 
     def __post_init__(self) -> None:
         unknown = [t for t in (*self.task_weights, *self.noisy_tasks) if t not in TASKS]
         if unknown:
             raise ValueError(f"unknown task types {unknown}; expected some of {TASKS}")
+        not_prompts = [p for p in self.loose_prompts if p not in CAPTION_PROMPTS]
+        if not_prompts:
+            raise ValueError(f"loose_prompts {not_prompts} are not caption phrasings; expected some of "
+                             f"{CAPTION_PROMPTS}")  # fmt: skip
+        if EVAL_CAPTION_PROMPT in self.loose_prompts:
+            raise ValueError(f"the evaluation's caption phrasing {EVAL_CAPTION_PROMPT!r} cannot be a loose prompt")
         if any(w < 0 for w in self.task_weights.values()) or sum(self.task_weights.values()) <= 0:
             raise ValueError(f"task_weights must be >= 0 with a positive sum, got {self.task_weights}")
         if self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
-        for name in ("noise_fraction", "text_only_fraction"):
+        for name in ("noise_fraction", "text_only_fraction", "loose_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -135,11 +156,25 @@ def pope_question(obj_type: ObjectType) -> str:
     return _short(f"Is there {article(obj_type.colour)} {obj_type.name} in the image?")
 
 
-def make_qa(task: str, scene: Scene, rng: np.random.Generator, noisy: bool = False) -> QA:
-    """A question of type ``task`` about ``scene``; with ``noisy`` the answer is deliberately wrong."""
+def loose_caption(scene: Scene, rng: np.random.Generator, noise: PretrainNoiseConfig) -> str:
+    """A caption of ``scene`` drawn like a stage-1 "partial" caption (``noise``'s per-mention corruption range)."""
+    prob = float(rng.uniform(noise.corrupt_prob_min, noise.corrupt_prob_max))
+    return caption_from_objects(corrupt_mentions(scene, prob, rng))
+
+
+def make_qa(
+    task: str, scene: Scene, rng: np.random.Generator, noisy: bool = False, config: InstructionConfig | None = None
+) -> QA:
+    """A question of type ``task`` about ``scene``; with ``noisy`` the answer is deliberately wrong.
+
+    With ``config`` naming ``loose_prompts``, a caption asked in a loose phrasing gets (with probability
+    ``loose_fraction``) a stage-1-style partial caption; its ``category`` is then ``"loose"``.
+    """
     obj: SceneObject = _pick(rng, scene.objects)
     if task == "caption":
         question = _pick(rng, CAPTION_PROMPTS)
+        if config is not None and question in config.loose_prompts and rng.random() < config.loose_fraction:
+            return QA(task, question, loose_caption(scene, rng, config.loose_noise), True, LOOSE_CATEGORY)
         if noisy:
             prob = float(rng.uniform(*CORRUPTED_CAPTION_PROB_RANGE))
             answer = caption_from_objects(corrupt_mentions(scene, prob, rng, force_partner=True))
@@ -195,7 +230,11 @@ def make_conversation(scene: Scene, rng: np.random.Generator, config: Instructio
         task = tasks[int(rng.choice(len(tasks), p=weights / weights.sum()))]
         noise_draw = rng.random()
         noisy = task in config.noisy_tasks or (task == "caption" and noise_draw < config.noise_fraction)
-        qa = make_qa(task, scene, rng, noisy)
+        qa = make_qa(task, scene, rng, noisy, config)
+        if qa.category == LOOSE_CATEGORY:
+            if not turns:  # a loose turn stands alone, so the sample's one alignment token serves only it
+                return [qa]
+            continue
         if qa.question not in asked:
             asked.add(qa.question)
             turns.append(qa)

@@ -22,6 +22,7 @@ from aligngpt.toyworld.progress import DemoClock, PlannedStage
 
 STEPS_FILE = "steps.json"
 STAGE1, SWEEP, STAGE2, EVALUATION = "stage 1 (pretrain)", "stage-1 level sweep", "stage 2 (finetune)", "evaluation"
+PHRASINGS = "caption phrasing sweep"  # studies with loose prompts: captions in every phrasing, with the gate
 # The zoo LLaMA learned Vicuna-v1 turns without the system prompt; it also keeps the sequences short.
 CHAT_TEMPLATE = "vicuna_v1_nosys"
 
@@ -92,6 +93,14 @@ def level_sweep_job(
     from aligngpt.toyworld.analysis import caption_level_sweep
 
     return caption_level_sweep(Path(model_dir), Path(world_dir), levels, batch_size, tokens)
+
+
+def phrasing_sweep_job(model_dir: str, world_dir: str, prompts: tuple[str, ...], batch_size: int, threads: int) -> dict:
+    _set_threads(threads)
+    from aligngpt.evaluation.benchmarks.toyworld import ToyWorld
+    from aligngpt.toyworld.analysis import caption_phrasing_sweep
+
+    return caption_phrasing_sweep(Path(model_dir), Path(world_dir), prompts, batch_size, ToyWorld.max_new_tokens)
 
 
 class WorkerPool:
@@ -191,9 +200,11 @@ def run_demo(
     echo: Callable[[str], None] = print,
     variants: tuple[str, ...] | None = None,
     rebuild_zoo: bool = False,
+    study: str | None = None,
 ) -> Path:
     """Run the whole toy-world study under ``out`` and return the path of ``report.md``.
 
+    ``study`` names a study preset (``presets.STUDIES``, e.g. ``noisy-tasks``) instead of a size.
     ``variants`` overrides the size's list (AlignGPT is always run: the ablations and the report start from it).
     The model zoo is copied from the package where it ships one for the preset's zoo (the output of the same
     ``build_zoo``); ``rebuild_zoo`` trains it here instead.
@@ -201,11 +212,13 @@ def run_demo(
     from aligngpt.scoring.run import ScoreConfig, score_dataset
     from aligngpt.toyworld.analysis import clip_score_quality
     from aligngpt.toyworld.dataset import DatasetConfig, write_dataset
-    from aligngpt.toyworld.instructions import InstructionConfig
+    from aligngpt.toyworld.instructions import CAPTION_PROMPTS, InstructionConfig
     from aligngpt.toyworld.report import write_report
     from aligngpt.toyworld.zoo.build import build_zoo
 
-    size = "full" if full else size
+    if study is not None and full:
+        raise ValueError("--study and --full are two presets: choose one")
+    size = study or ("full" if full else size)
     preset = get_preset(size)
     if variants is not None:
         unknown = sorted(set(variants) - set(VARIANT_MODES))
@@ -220,7 +233,9 @@ def run_demo(
     world, zoo, scored = out / "world", out / "zoo", out / "scored" / "pretrain.json"
 
     weights = {"task_weights": preset.instruction_weights} if preset.instruction_weights else {}
-    instructions = InstructionConfig(noise_fraction=preset.noise_fraction, noisy_tasks=preset.noisy_tasks, **weights)
+    instructions = InstructionConfig(noise_fraction=preset.noise_fraction, noisy_tasks=preset.noisy_tasks,
+                                     loose_prompts=preset.loose_prompts, loose_fraction=preset.loose_fraction,
+                                     **weights)  # fmt: skip
     dataset = DatasetConfig(seed=0, n_pretrain=preset.n_pretrain, n_finetune=preset.n_finetune, n_eval=preset.n_eval,
                             instructions=instructions)  # fmt: skip
     log.run("world", dataset.settings(), lambda: str(write_dataset(world, dataset, progress=progress)), echo)
@@ -309,11 +324,21 @@ def run_demo(
             args = (model_dir, str(world), eval_out, preset.eval_batch_size, 1)
             eval_jobs.append((f"eval/seed{seed}/{variant}", {"model": model_dir}, eval_job, args))
 
+    phrasing_jobs = []
+    if preset.loose_prompts:
+        for seed in seed_list:
+            for variant in preset.variants:
+                model_dir = str(out / "runs" / f"seed{seed}" / variant)
+                args = (model_dir, str(world), CAPTION_PROMPTS, preset.eval_batch_size, 1)
+                settings = {"model": model_dir, "prompts": CAPTION_PROMPTS}
+                phrasing_jobs.append((f"phrasings/seed{seed}/{variant}", settings, phrasing_sweep_job, args))
+
     stages = {
         STAGE1: (pretrain_jobs, preset.pretrain_steps),
         SWEEP: (sweep_jobs, 0),
         STAGE2: (finetune_jobs, preset.finetune_steps),
         EVALUATION: (eval_jobs, 0),
+        **({PHRASINGS: (phrasing_jobs, 0)} if phrasing_jobs else {}),
     }
     clock.plan([
         PlannedStage(name, sum(not reusable(job[0], job[1]) for job in jobs), steps)
@@ -331,12 +356,15 @@ def run_demo(
         clock.finished(STAGE2)
         evaluations = stage(EVALUATION, eval_jobs)
         clock.finished(EVALUATION)
+        phrasings = stage(PHRASINGS, phrasing_jobs) if phrasing_jobs else {}
+        if phrasing_jobs:
+            clock.finished(PHRASINGS)
     finally:
         pool.close()
 
     report = write_report(
         out, preset=preset, size=size, seeds=seed_list, zoo=zoo_record, clip_quality=clip_quality, scored=scored,
-        stage1=stage1, sweeps=sweeps, finals=finals, evaluations=evaluations,
+        stage1=stage1, sweeps=sweeps, finals=finals, evaluations=evaluations, phrasings=phrasings,
         timings=_timings(log, {name: [job[0] for job in jobs] for name, (jobs, _) in stages.items()}),
     )  # fmt: skip
     echo(f"[demo] report: {report}")

@@ -1,15 +1,18 @@
-"""Sizes of the toy-world demo: ``smoke`` (tests), ``default`` (``make demo``, <= 10 min) and ``full`` (<= 60 min)."""
+"""Sizes of the toy-world demo: ``smoke`` (tests), ``default`` (``make demo``, <= 10 min) and ``full`` (<= 60 min);
+and the studies (``aligngpt demo --study NAME``): ``noisy-tasks`` (<= 60 min), and its quick check ``noisy-smoke``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aligngpt.data.constants import DEFAULT_NUM_LEVELS as NUM_LEVELS
+from aligngpt.toyworld.instructions import CAPTION_PROMPTS
 
 BASELINE = "baseline"
 ALIGNGPT = "aligngpt"
 PREFIX = "prefix"
 ABLATIONS = ("global", "local", "uniform")
+ALL_VARIANTS = (ALIGNGPT, BASELINE, PREFIX, *ABLATIONS)
 # alignment_mode of each variant. ``prefix`` is a control: the baseline plus one learned token after BOS that carries
 # no level (``fixed:<N-1>`` in both stages), to tell an effect of the levels from one of an extra token.
 VARIANT_MODES = {
@@ -52,6 +55,10 @@ class DemoPreset:
     noisy_tasks: tuple[str, ...] = ()
     noise_fraction: float = 0.25
     instruction_weights: dict[str, float] = field(default_factory=dict)
+    # Caption phrasings whose answers are drawn like stage-1 "partial" captions (instructions.InstructionConfig);
+    # a study with loose prompts also captions the evaluation images in every phrasing (the phrasing sweep).
+    loose_prompts: tuple[str, ...] = ()
+    loose_fraction: float = 1.0
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -75,8 +82,19 @@ PRESETS: dict[str, DemoPreset] = {
     ),
 }  # fmt: skip
 
+# The noisy-tasks study: the `full` world, recipe and seeds, except that every caption asked in one phrasing is answered
+# like a stage-1 "partial" caption (the evaluation's phrasing stays clean), with all six variants.
+LOOSE_PROMPT = CAPTION_PROMPTS[2]
+STUDIES: dict[str, DemoPreset] = {
+    "noisy-tasks": replace(PRESETS["full"], variants=ALL_VARIANTS, loose_prompts=(LOOSE_PROMPT,)),
+    "noisy-smoke": replace(PRESETS["smoke"], variants=ALL_VARIANTS, loose_prompts=(LOOSE_PROMPT,)),
+}
+
 
 def get_preset(name: str) -> DemoPreset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown demo size {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    """A size (``PRESETS``) or a study (``STUDIES``) by name; unknown names raise ``ValueError`` listing both."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if name in STUDIES:
+        return STUDIES[name]
+    raise ValueError(f"unknown demo size or study {name!r}; sizes: {', '.join(PRESETS)}; studies: {', '.join(STUDIES)}")

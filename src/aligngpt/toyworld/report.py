@@ -13,7 +13,8 @@ from pathlib import Path
 from aligngpt.scoring.summary import summary_paths
 from aligngpt.toyworld._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from aligngpt.toyworld.evalsets import VQA_TASKS
-from aligngpt.toyworld.instructions import POPE_SPLITS
+from aligngpt.toyworld.instructions import CAPTION_PROMPTS, EVAL_CAPTION_PROMPT, POPE_SPLITS
+from aligngpt.toyworld.noisy import GATE_PLOT, NoisyStudy, plot_gate_phrasings
 from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, NUM_LEVELS, PREFIX, STAGE1_SOURCE, VARIANT_MODES, DemoPreset
 from aligngpt.toyworld.verdict import (
     THRESHOLDS,
@@ -233,13 +234,22 @@ def _rounded(value: object) -> object:
 def write_report(
     out: Path, *, preset: DemoPreset, size: str, seeds: list[int], zoo: dict, clip_quality: dict, scored: Path,
     stage1: dict, sweeps: dict, finals: dict, evaluations: dict, timings: dict[str, float],
+    phrasings: dict | None = None,
 ) -> Path:  # fmt: skip
     """Write ``out/report.md`` with ``levels.png`` and ``gate.png``, and ``out/summary.json``; returns the report path.
 
     ``size`` is the preset's name, ``scored`` the scored pre-training file (its level summary plot is linked).
+    ``phrasings`` (a study with loose prompts) are the caption phrasing sweeps; the study's verdict then opens the
+    report and its section and ``gate_phrasings.png`` are added.
     """
     out = Path(out)
     verdict = judge(sweeps=sweeps, evaluations=evaluations, seeds=seeds, variants=preset.variants, size=size)
+    noisy = None
+    if phrasings:
+        noisy = NoisyStudy(phrasings, seeds, preset.variants, CAPTION_PROMPTS, preset.loose_prompts,
+                           EVAL_CAPTION_PROMPT)  # fmt: skip
+        if noisy.level_shifts() is not None:
+            plot_gate_phrasings(out / GATE_PLOT, noisy, _save)
     _plot_levels(out / "levels.png", sweeps, seeds)
     _plot_gate(out / "gate.png", evaluations, seeds)
     scoring_plot = summary_paths(scored)[1]  # written by the demo's ``aligngpt score`` step
@@ -250,8 +260,9 @@ def write_report(
         else []
     )  # fmt: skip
     lines = [
-        "# AlignGPT toy-world study",
+        "# AlignGPT toy-world study" + (f" `{size}`" if noisy else ""),
         "",
+        *([*noisy.verdict_lines(), ""] if noisy else []),
         *verdict.lines(),
         "",
         *glossary(NUM_LEVELS),
@@ -346,6 +357,7 @@ def write_report(
             for name, r in {**stage1, **finals}.items() if r.get("first_loss") is not None
         ),
         "",
+        *(noisy.section_lines() if noisy else []),
         "## The gate",
         "",
         "![gate](gate.png)",
@@ -357,10 +369,12 @@ def write_report(
             f"Maximum entropy over {len(next(v for k, v in gate.items() if k != 'max_entropy')['mean'])} levels: "
             f"{gate['max_entropy']:.3f}.",
             "",
-            "| question type | n | mean weights | entropy of mean | mean entropy | per-sample std |",
-            "|---|---|---|---|---|---|",
+            "| question type | n | mean weights | entropy of mean | mean entropy | KL from uniform | mean level | "
+            "per-sample std |",
+            "|---|---|---|---|---|---|---|---|",
             *[f"| {t} | {g['n']} | {' '.join(f'{w:.2f}' for w in g['mean'])} | {g['entropy_of_mean']:.3f} | "
-              f"{g['mean_entropy']:.3f} | {g['per_sample_std']:.3f} |" for t, g in gate.items() if t != "max_entropy"],
+              f"{g['mean_entropy']:.3f} | {g['kl_from_uniform']:.4f} | {g['mean_level']:.3f} | "
+              f"{g['per_sample_std']:.4f} |" for t, g in gate.items() if t != "max_entropy"],
         ]  # fmt: skip
     summary = study_summary(seeds=seeds, sweeps=sweeps, evaluations=evaluations, timings=timings, verdict=verdict)
     atomic_write_json(out / SUMMARY_FILE, summary)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from aligngpt.toyworld.analysis import spearman
 from aligngpt.toyworld.instructions import POPE_SPLITS
-from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, get_preset
+from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, STUDIES, get_preset
 
 FULL_SIZE = "full"  # the preset whose seed spread single-seed differences are read against
 
@@ -167,11 +167,12 @@ class Verdict:
         if self.converged:
             headline = "**Verdict: converged.** Stage 1 is grounded in every seed and every stage-2 run converged."
         else:
-            where = (
-                "even this `--full` run did not reach them (docs/toyworld.md describes what made it converge)"
-                if self.size == FULL_SIZE
-                else "for the converged study run `aligngpt demo --full`"
-            )
+            if self.size == FULL_SIZE:
+                where = "even this `--full` run did not reach them (docs/toyworld.md describes what made it converge)"
+            elif self.size in STUDIES:
+                where = f"the `{self.size}` study uses the `--full` recipe (docs/toyworld.md reports its runs)"
+            else:
+                where = "for the converged study run `aligngpt demo --full`"
             ungrounded = sum(not c.grounded for c in self.stage1)
             unconverged = sum(not c.converged for c in self.stage2)
             reasons = []

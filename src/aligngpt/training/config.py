@@ -111,6 +111,7 @@ class TrainConfig:
         "pretrain only: ALSO train the LLM at learning_rate x this (not the paper's recipe; toy worlds need it)."
     )
     projector_lr_scale: float | None = _opt("Projector LR multiplier (default 1; 0.1 for the LoRA recipes).")
+    gate_lr_scale: float = _opt("Stage 2: the gate's LR multiplier (official: 1, the LLM's LR).", 1.0)
     lora_r: int = _opt("LoRA rank.", 128, "lora")
     lora_alpha: int = _opt("LoRA alpha.", 256, "lora")
     lora_dropout: float = _opt("LoRA dropout.", 0.05, "lora")
@@ -203,6 +204,8 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"length_group_steps must be >= 1, got {config.length_group_steps}")
     if config.length_group_steps > 1 and not config.group_by_modality_length:
         raise ValueError("length_group_steps > 1 needs group_by_modality_length (it is an option of that sampler)")
+    if config.gate_lr_scale <= 0:
+        raise ValueError(f"gate_lr_scale must be > 0, got {config.gate_lr_scale}")
     if config.train_llm_lr_scale is not None and config.recipe != "pretrain":
         raise ValueError("train_llm_lr_scale is a pretrain option (stage 2 trains the LLM anyway)")
     if config.deepspeed and config.fsdp_config:

@@ -16,8 +16,10 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +27,9 @@ from aligngpt.model_files import without_weight_progress_bars
 from aligngpt.training.config import TrainConfig, save_resolved_config
 from aligngpt.training.recipes import RecipeOptions, get_recipe
 from aligngpt.training.run_record import RunRecordCallback, check_resume, run_inputs, write_run_record
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -183,8 +188,11 @@ def _read_mapping(path: str) -> dict:
     return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Run ``config`` (already resolved, see :func:`aligngpt.training.config.resolve_config`)."""
+def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+    """Run ``config`` (already resolved, see :func:`aligngpt.training.config.resolve_config`).
+
+    ``callbacks`` are added to the Trainer (e.g. a measurement of gradient norms; they must not change training).
+    """
     from aligngpt.data.collator import TrainingCollator
     from aligngpt.data.dataset import TrainingDataset
     from aligngpt.data.records import RecordFile
@@ -229,7 +237,11 @@ def train(config: TrainConfig) -> TrainResult:
     if recipe.uses_lora:
         targets = [name.strip() for name in config.lora_target_modules.split(",") if name.strip()]
         apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, targets)
-    options = RecipeOptions(train_llm_lr_scale=config.train_llm_lr_scale, projector_lr_scale=config.projector_lr_scale)
+    options = RecipeOptions(
+        train_llm_lr_scale=config.train_llm_lr_scale,
+        projector_lr_scale=config.projector_lr_scale,
+        gate_lr_scale=config.gate_lr_scale,
+    )
     groups = recipe.apply(model, options)
     model.language_model.config.use_cache = False
 
@@ -268,6 +280,8 @@ def train(config: TrainConfig) -> TrainResult:
         length_group_steps=config.length_group_steps,
     )
     trainer.add_callback(RunRecordCallback(record))  # copies run_inputs.json into each checkpoint
+    for callback in callbacks:
+        trainer.add_callback(callback)
     with without_weight_progress_bars():  # the checkpoint saves' bars; the Trainer's own bar stays
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 

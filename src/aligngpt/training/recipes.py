@@ -90,6 +90,7 @@ class RecipeOptions:
 
     train_llm_lr_scale: float | None = None  # pretrain: also train the LLM at this LR multiplier (toy worlds)
     projector_lr_scale: float = 1.0  # multiplier of the projector's LR (LoRA default 0.1: 2e-5 vs 2e-4)
+    gate_lr_scale: float = 1.0  # stage 2: multiplier of the gate's LR (official: the LLM's LR)
 
 
 def _named(module: nn.Module | None, prefix: str) -> tuple[tuple[str, nn.Parameter], ...]:
@@ -164,7 +165,7 @@ class FinetuneRecipe(Recipe):
         return [
             ParamGroup("language_model", _language_model(model)),
             ParamGroup("projector", _projector(model), options.projector_lr_scale),
-            ParamGroup("gate", _gate(model)),
+            ParamGroup("gate", _gate(model), options.gate_lr_scale),
         ]
 
 
@@ -186,7 +187,7 @@ class FinetuneLoraRecipe(FinetuneRecipe):
         return [
             ParamGroup("lora", lora),
             ParamGroup("projector", _projector(model), options.projector_lr_scale),
-            ParamGroup("gate", _gate(model)),
+            ParamGroup("gate", _gate(model), options.gate_lr_scale),
         ]
 
 

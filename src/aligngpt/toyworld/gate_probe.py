@@ -1,0 +1,466 @@
+"""Why does the gate stay uniform? Stage-2 reruns of the noisy-tasks study with one gate setting changed at a time.
+
+``python -m aligngpt.toyworld.gate_probe --study runs/noisy --out runs/noisy/gate-probe`` takes a finished (or at
+least stage-1-finished) ``aligngpt demo --study noisy-tasks`` folder and, for each change in :data:`CHANGES`, reruns
+AlignGPT's stage 2 from the study's stage-1 model (same data, steps, seed and recipe otherwise) while measuring:
+
+* the gradient norms of the gate, the LLM and the projector every ``GRAD_EVERY`` optimizer steps (after clipping;
+  clipping scales every group alike, so their ratio is the one the optimizer saw), and how far the gate's output
+  layer moved from its starting weights (relative Frobenius distance);
+* afterwards, the phrasing sweep (captions in every phrasing scored against the clean scenes, the gate's weights per
+  phrasing: :func:`aligngpt.toyworld.analysis.caption_phrasing_sweep`);
+* the gate's input: the ``num_image_tokens`` products ``s_k = <V_k, mean text embedding>`` that the gate reads, per
+  phrasing, and how well they tell the loose phrasing from the clean ones (:func:`gate_input_separation`).
+
+Changes: the study's recipe itself (the reference, measured with the same instruments), the gate's learning rate x10
+and x100 (``--gate-lr-scale``; the official recipe trains it at the LLM's LR), and its initialisation scale (the output
+layer's weights and bias x10 in a copy of the stage-1 model, so the initial logits spread 10x more). Each finished
+change is recorded in ``probe.json`` at once (a rerun skips it); ``probe.md`` and ``gate_gradients.png`` summarise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aligngpt.toyworld._io import atomic_write_json, atomic_write_text
+from aligngpt.toyworld.instructions import CAPTION_PROMPTS
+from aligngpt.toyworld.presets import ALIGNGPT, NUM_LEVELS, get_preset
+
+STUDY = "noisy-tasks"
+PROBE_FILE = "probe.json"
+LEVELS_FILE = "levels.json"
+START_FILE = "start.json"
+GRAD_EVERY = 10  # optimizer steps between gradient-norm records
+GATE_OUTPUT = "alignment.gate.2"  # the gate's last Linear (logits over the N-1 local levels)
+GROUPS = {"gate": ("alignment.gate.",), "language_model": ("language_model.", "lm_head."), "projector": ("projector.",)}
+BASE_PREFIX = "model."  # module names are the saved names under the base model's prefix
+PROBE_HOLDOUT = 0.5  # share of the images held out to score the nearest-centroid probe on the gate's input
+
+
+@dataclass(frozen=True)
+class GateChange:
+    """One stage-2 rerun: the study's recipe with ``gate_lr_scale`` and ``gate_init_scale`` set."""
+
+    name: str
+    description: str
+    gate_lr_scale: float = 1.0
+    gate_init_scale: float = 1.0  # multiplies the gate's output layer (weights and bias) before stage 2
+
+
+CHANGES = (
+    GateChange("recipe", "the study's recipe (gate at the LLM's learning rate, default initialisation)"),
+    GateChange("gate-lr-x10", "gate learning rate x 10", gate_lr_scale=10.0),
+    GateChange("gate-lr-x100", "gate learning rate x 100", gate_lr_scale=100.0),
+    GateChange("init-x10", "gate output layer initialised x 10", gate_init_scale=10.0),
+)
+
+
+def _gradient_callback():
+    """A Trainer callback recording group gradient norms and the gate's drift (built lazily: imports transformers)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class GateGradientLog(TrainerCallback):
+        def __init__(self):
+            self.records: list[dict] = []
+            self._start: dict[str, torch.Tensor] = {}
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self._start = {
+                n: p.detach().clone()
+                for n, p in model.named_parameters()
+                if n.removeprefix(BASE_PREFIX).startswith(GATE_OUTPUT)
+            }
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if state.global_step % GRAD_EVERY:
+                return
+            squares = dict.fromkeys(GROUPS, 0.0)
+            for name, param in model.named_parameters():
+                if param.grad is None:
+                    continue
+                for group, prefixes in GROUPS.items():
+                    if name.removeprefix(BASE_PREFIX).startswith(prefixes):
+                        squares[group] += float(param.grad.detach().float().pow(2).sum())
+            params = dict(model.named_parameters())
+            moved = sum(float((params[n].detach() - w).pow(2).sum()) for n, w in self._start.items())
+            size = sum(float(w.pow(2).sum()) for w in self._start.values())
+            self.records.append({
+                "step": state.global_step,
+                **{f"{group}_grad_norm": math.sqrt(value) for group, value in squares.items()},
+                "gate_output_drift": math.sqrt(moved / size) if size else 0.0,
+            })  # fmt: skip
+
+    return GateGradientLog()
+
+
+def scale_gate_init(source: Path, target: Path, scale: float) -> Path:
+    """Copy the model folder ``source`` to ``target`` (without checkpoints) with the gate's output layer x ``scale``."""
+    from safetensors.torch import load_file, save_file
+
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoints"))
+    weights_file = target / "model.safetensors"
+    tensors = load_file(str(weights_file))
+    scaled = [name for name in tensors if name.startswith(GATE_OUTPUT)]
+    if not scaled:
+        raise ValueError(f"{weights_file}: no {GATE_OUTPUT}.* tensors to scale (a model without a gate?)")
+    for name in scaled:
+        tensors[name] = tensors[name] * scale
+    save_file(tensors, str(weights_file), metadata={"format": "pt"})
+    return target
+
+
+def gate_input_separation(inputs: dict[str, np.ndarray], loose: tuple[str, ...]) -> dict:
+    """How well the gate's input tells loose prompts from clean ones.
+
+    Args:
+        inputs: per prompt, ``[n_images, num_image_tokens]`` gate inputs for the same images.
+        loose: the loose prompts among ``inputs``.
+
+    Returns ``fisher`` (per input dimension, squared difference of the loose and clean means over the mean
+    within-group variance across images; the maximum over dimensions), ``relative_shift`` (norm of the mean difference
+    over the mean norm of the inputs), and ``probe_accuracy``: a nearest-centroid classifier (loose vs clean) on
+    inputs standardised per dimension, fitted on the first ``1 - PROBE_HOLDOUT`` of the images and scored on the rest
+    (0.5 = chance; the two classes are weighted equally).
+    """
+    loose_rows = np.concatenate([inputs[p] for p in inputs if p in loose])
+    clean_rows = np.concatenate([inputs[p] for p in inputs if p not in loose])
+    within = 0.5 * (loose_rows.var(0) + clean_rows.var(0)) + 1e-12
+    difference = loose_rows.mean(0) - clean_rows.mean(0)
+    n_images = next(iter(inputs.values())).shape[0]
+    split = int(n_images * (1 - PROBE_HOLDOUT))
+
+    def part(prompts, rows):
+        return np.concatenate([inputs[p][rows] for p in prompts])
+
+    loose_p, clean_p = [p for p in inputs if p in loose], [p for p in inputs if p not in loose]
+    fit, test = slice(0, split), slice(split, n_images)
+    fitted = np.concatenate([part(loose_p, fit), part(clean_p, fit)])
+    centre, scale = fitted.mean(0), fitted.std(0) + 1e-12
+    centroid_loose = ((part(loose_p, fit) - centre) / scale).mean(0)
+    centroid_clean = ((part(clean_p, fit) - centre) / scale).mean(0)
+
+    def is_loose(rows):
+        rows = (rows - centre) / scale
+        return np.linalg.norm(rows - centroid_loose, axis=1) < np.linalg.norm(rows - centroid_clean, axis=1)
+
+    accuracy = 0.5 * (is_loose(part(loose_p, test)).mean() + (~is_loose(part(clean_p, test))).mean())
+    return {
+        "fisher": float((difference**2 / within).max()),
+        "relative_shift": float(np.linalg.norm(difference) / np.linalg.norm(clean_rows, axis=1).mean()),
+        "probe_accuracy": float(accuracy),
+        "input_std_across_images": float(np.sqrt(within).mean()),
+    }
+
+
+def gate_per_phrasing(model_dir: Path, world_dir: Path, prompts: tuple[str, ...]) -> dict:
+    """:func:`~aligngpt.toyworld.analysis.gate_summary` of the gate's weights per prompt on the caption evaluation
+    images, without generating (one prefill each): e.g. the gate a stage 2 starts from."""
+    from PIL import Image
+
+    import aligngpt
+    from aligngpt.toyworld.analysis import gate_summary
+    from aligngpt.toyworld.metrics import read_jsonl
+
+    pipeline = aligngpt.load(model_dir, device="cpu")
+    questions = read_jsonl(world_dir / "eval" / "caption" / "questions.jsonl")
+    images = [Image.open(world_dir / "images" / q["image"]).convert("RGB") for q in questions]
+    return {prompt: gate_summary([pipeline.alignment_weights(image, prompt) for image in images]) for prompt in prompts}
+
+
+def start_gates_job(model_dirs: dict[str, str], world_dir: str, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    return {name: gate_per_phrasing(Path(d), Path(world_dir), CAPTION_PROMPTS) for name, d in model_dirs.items()}
+
+
+def run_start_gates(study_dir: Path, out: Path, seeds: list[int], changes: tuple[GateChange, ...] = CHANGES) -> Path:
+    """The gate each probe run started from, per phrasing (``start.json``): the study's stage-1 model, or its copy with
+    the gate's output layer scaled."""
+    study_dir, out = Path(study_dir), Path(out)
+    dirs = {}
+    for seed in seeds:
+        for change in changes:
+            stage1 = study_dir / "runs" / f"seed{seed}" / f"{ALIGNGPT}-stage1"
+            if change.gate_init_scale != 1.0:
+                stage1 = out / "stage1" / f"seed{seed}-gate-init-x{change.gate_init_scale:g}"
+                if not (stage1 / "model.safetensors").is_file():
+                    scale_gate_init(study_dir / "runs" / f"seed{seed}" / f"{ALIGNGPT}-stage1", stage1,
+                                    change.gate_init_scale)  # fmt: skip
+            dirs[f"seed{seed}/{change.name}"] = str(stage1)
+    result = start_gates_job(dirs, str(study_dir / "world"), 1)
+    path = out / START_FILE
+    atomic_write_json(path, result)
+    return path
+
+
+def gate_inputs(model_dir: Path, world_dir: Path, prompts: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The gate's input ``[n_images, num_image_tokens]`` for each prompt on the caption evaluation images."""
+    import torch
+    from PIL import Image
+
+    import aligngpt
+    from aligngpt.toyworld.metrics import read_jsonl
+
+    pipeline = aligngpt.load(model_dir, device="cpu")
+    gate = pipeline.model.alignment.gate
+    questions = read_jsonl(world_dir / "eval" / "caption" / "questions.jsonl")
+    images = [Image.open(world_dir / "images" / q["image"]).convert("RGB") for q in questions]
+    captured: list[torch.Tensor] = []
+    handle = gate.register_forward_hook(lambda module, args, output: captured.append(args[0].detach().float()))
+    try:
+        result = {}
+        for prompt in prompts:
+            captured.clear()
+            for image in images:
+                pipeline.alignment_weights(image, prompt)
+            result[prompt] = torch.cat(captured).numpy()
+    finally:
+        handle.remove()
+    return result
+
+
+def probe_job(
+    settings: dict, change: dict, world_dir: str, loose: tuple[str, ...], batch_size: int, threads: int
+) -> dict:
+    """One change: stage 2 with gradient logging, then the phrasing sweep and the gate-input separation."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from aligngpt.evaluation.benchmarks.toyworld import ToyWorld
+    from aligngpt.toyworld.analysis import caption_phrasing_sweep
+    from aligngpt.training.config import resolve_config
+    from aligngpt.training.engine import train
+
+    log = _gradient_callback()
+    result = train(resolve_config(overrides=settings), callbacks=[log])
+    model_dir, world = Path(result.output_dir), Path(world_dir)
+    return {
+        "change": change,
+        "gradients": log.records,
+        "last_loss": result.losses[-1] if result.losses else None,
+        "phrasings": caption_phrasing_sweep(model_dir, world, CAPTION_PROMPTS, batch_size, ToyWorld.max_new_tokens),
+        "gate_input": gate_input_separation(gate_inputs(model_dir, world, CAPTION_PROMPTS), loose),
+    }
+
+
+def run_probe(study_dir: Path, out: Path, seeds: list[int], changes: tuple[GateChange, ...] = CHANGES,
+              workers: int = 2, study: str = STUDY, echo=print) -> Path:  # fmt: skip
+    """Run every change not yet in ``out/probe.json`` (``workers`` at a time); returns the path of ``probe.md``.
+
+    ``study`` names the study preset the folder ``study_dir`` was run with.
+    """
+    from aligngpt.toyworld.pipeline import WorkerPool, _digest, stage2_settings
+
+    preset = get_preset(study)
+    if not preset.loose_prompts:
+        raise ValueError(f"study {study!r} has no loose prompts: the probe compares loose and clean phrasings")
+    study_dir, out = Path(study_dir), Path(out)
+    world = study_dir / "world"
+    out.mkdir(parents=True, exist_ok=True)
+    done = json.loads((out / PROBE_FILE).read_text()) if (out / PROBE_FILE).is_file() else {}
+    jobs, names = [], []
+    for seed in seeds:
+        stage1 = study_dir / "runs" / f"seed{seed}" / f"{ALIGNGPT}-stage1"
+        if not (stage1 / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{stage1}: no finished stage-1 model; run `aligngpt demo --study {study}` first")
+        for change in changes:
+            name = f"seed{seed}/{change.name}"
+            settings = stage2_settings(preset, study_dir, world, ALIGNGPT, seed, progress=False)
+            settings["output_dir"] = str(out / "runs" / name)
+            settings["gate_lr_scale"] = change.gate_lr_scale
+            if change.gate_init_scale != 1.0:
+                start = out / "stage1" / f"seed{seed}-gate-init-x{change.gate_init_scale:g}"
+                if not (start / "model.safetensors").is_file():
+                    scale_gate_init(stage1, start, change.gate_init_scale)
+                settings["model"] = str(start)
+            digest = _digest({"settings": settings, "change": asdict(change)})
+            if done.get(name, {}).get("digest") == digest:
+                echo(f"[probe] {name}: reused")
+                continue
+            args = (settings, asdict(change), str(world), preset.loose_prompts, preset.eval_batch_size, 1)
+            jobs.append((probe_job, args))
+            names.append((name, digest))
+    pool = WorkerPool(workers)
+    try:
+        for index, result in pool.run(jobs):
+            name, digest = names[index]
+            done[name] = {"digest": digest, "result": result}
+            atomic_write_json(out / PROBE_FILE, done)
+            echo(f"[probe] {name}: done")
+    finally:
+        pool.close()
+    return write_probe_report(out, done, preset.loose_prompts)
+
+
+def forced_levels_job(model_dir: str, world_dir: str, prompts: tuple[str, ...], batch_size: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    from aligngpt.evaluation.benchmarks.toyworld import ToyWorld
+    from aligngpt.toyworld.analysis import forced_level_phrasings
+
+    return forced_level_phrasings(Path(model_dir), Path(world_dir), prompts, NUM_LEVELS, batch_size,
+                                  ToyWorld.max_new_tokens)  # fmt: skip
+
+
+def run_forced_levels(study_dir: Path, out: Path, seeds: list[int], workers: int = 2, study: str = STUDY,
+                      echo=print) -> Path:  # fmt: skip
+    """The study's AlignGPT stage-2 models, each phrasing, the token forced to every level: ``levels.json`` and
+    ``levels.md`` in ``out``. Does the alignment token still steer the captions after stage 2?"""
+    from aligngpt.toyworld.pipeline import WorkerPool
+
+    preset = get_preset(study)
+    study_dir, out = Path(study_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LEVELS_FILE
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [s for s in seeds if f"seed{s}" not in done]
+    jobs = [(forced_levels_job, (str(study_dir / "runs" / f"seed{s}" / ALIGNGPT), str(study_dir / "world"),
+                                 CAPTION_PROMPTS, preset.eval_batch_size, 1)) for s in todo]  # fmt: skip
+    pool = WorkerPool(workers)
+    try:
+        for index, result in pool.run(jobs):
+            done[f"seed{todo[index]}"] = result
+            atomic_write_json(path, done)
+            echo(f"[probe] forced levels, seed{todo[index]}: done")
+    finally:
+        pool.close()
+    lines = [
+        "# AlignGPT after stage 2, the alignment token forced to each level",
+        "",
+        "Caption F1 / CHAIR_i against the clean scenes, per phrasing (loose: "
+        + ", ".join(f"«{p}»" for p in preset.loose_prompts)
+        + "), `a = E[level]` instead of the gate's mixture.",
+        "",
+        "| seed | phrasing | " + " | ".join(f"level {k}" for k in range(NUM_LEVELS)) + " |",
+        "|---|---|" + "---|" * NUM_LEVELS,
+    ]
+    for seed_name, result in sorted(done.items()):
+        for prompt, by_level in result.items():
+            cells = [f"{by_level[str(k)]['f1']:.3f} / {by_level[str(k)]['chair_i']:.3f}" for k in range(NUM_LEVELS)]
+            lines.append(f"| {seed_name} | «{prompt}» | " + " | ".join(cells) + " |")
+    report = out / "levels.md"
+    atomic_write_text(report, "\n".join(lines) + "\n")
+    return report
+
+
+def _summary_rows(done: dict, loose: tuple[str, ...]) -> list[str]:
+    rows = [
+        "| seed/change | gate ‖g‖ / LLM ‖g‖ (median) | gate output drift at the end | KL loose / clean (nats) | "
+        "mean level clean − loose | per-sample std loose | caption F1 clean / loose | gate-input probe acc. | "
+        "input Fisher (max) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in done.items():
+        r = entry["result"]
+        grads = r["gradients"]
+        ratio = float(np.median([g["gate_grad_norm"] / g["language_model_grad_norm"] for g in grads
+                                 if g["language_model_grad_norm"] > 0])) if grads else float("nan")  # fmt: skip
+        drift = grads[-1]["gate_output_drift"] if grads else float("nan")
+        phr = r["phrasings"]
+        clean = [p for p in phr if p not in loose]
+        kl_loose = np.mean([phr[p]["gate"]["kl_from_uniform"] for p in loose])
+        kl_clean = np.mean([phr[p]["gate"]["kl_from_uniform"] for p in clean])
+        shift = np.mean([phr[p]["gate"]["mean_level"] for p in clean]) - np.mean([phr[p]["gate"]["mean_level"]
+                                                                                  for p in loose])  # fmt: skip
+        spread = np.mean([phr[p]["gate"]["per_sample_std"] for p in loose])
+        f1_clean, f1_loose = np.mean([phr[p]["f1"] for p in clean]), np.mean([phr[p]["f1"] for p in loose])
+        gi = r["gate_input"]
+        rows.append(
+            f"| {name} | {ratio:.2e} | {drift:.3f} | {kl_loose:.4f} / {kl_clean:.4f} | {shift:+.4f} | {spread:.4f} | "
+            f"{f1_clean:.3f} / {f1_loose:.3f} | {gi['probe_accuracy']:.3f} | {gi['fisher']:.3f} |"
+        )
+    return rows
+
+
+def write_probe_report(out: Path, done: dict, loose: tuple[str, ...]) -> Path:
+    """``probe.md`` (one row per seed and change) and ``gate_gradients.png`` (gate / LLM gradient norm over steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aligngpt.toyworld.report import _save
+
+    figure, (ax_ratio, ax_drift) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for index, (name, entry) in enumerate(done.items()):
+        grads = entry["result"]["gradients"]
+        steps = [g["step"] for g in grads]
+        ratio = [g["gate_grad_norm"] / max(g["language_model_grad_norm"], 1e-30) for g in grads]
+        ax_ratio.semilogy(steps, ratio, color=f"C{index}", label=name)
+        ax_drift.plot(steps, [g["gate_output_drift"] for g in grads], color=f"C{index}", label=name)
+    ax_ratio.set_title("gate gradient norm / LLM gradient norm")
+    ax_drift.set_title("gate output layer: ‖W − W_start‖ / ‖W_start‖")
+    for axis in (ax_ratio, ax_drift):
+        axis.set_xlabel("stage-2 optimizer step")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    _save(figure, out / "gate_gradients.png")
+    lines = [
+        "# Why the gate stays uniform: one change at a time",
+        "",
+        "Each row reruns AlignGPT's stage 2 of the noisy-tasks study from its stage-1 model with one gate setting "
+        "changed. *KL*: KL(mean gate weights || uniform) on the loose and the clean phrasings; *mean level clean − "
+        "loose* > 0 means more weight on low levels for the loose phrasing; *gate-input probe*: held-out accuracy "
+        "of a nearest-centroid classifier telling the loose phrasing from the clean ones from the gate's input "
+        "(0.5 = chance); *input Fisher*: the best input dimension's squared mean difference over its variance "
+        "across images.",
+        "",
+        *_summary_rows(done, loose),
+        "",
+        "![gate gradients](gate_gradients.png)",
+        "",
+    ]
+    path = out / "probe.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", type=Path, required=True, help="the `aligngpt demo --study noisy-tasks` folder")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument("--changes", default=",".join(c.name for c in CHANGES),
+                        help="comma-separated subset of: " + ", ".join(c.name for c in CHANGES))  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--preset", default=STUDY, help=f"the study preset of --study (default {STUDY})")
+    parser.add_argument("--forced-levels", action="store_true",
+                        help="instead: caption with the study's AlignGPT stage-2 models, the token forced to each "
+                        "level, in every phrasing (levels.md)")  # fmt: skip
+    parser.add_argument(
+        "--start-gates",
+        action="store_true",
+        help="instead: the gate weights per phrasing of the model each change starts from (start.json)",
+    )
+    args = parser.parse_args(argv)
+    known = {c.name: c for c in CHANGES}
+    wanted = [name.strip() for name in args.changes.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        parser.error(f"unknown changes {unknown}; known: {', '.join(known)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.start_gates:
+        print(f"[probe] start gates: {run_start_gates(args.study, args.out, seeds, tuple(known[n] for n in wanted))}")
+        return
+    if args.forced_levels:
+        print(f"[probe] report: {run_forced_levels(args.study, args.out, seeds, args.workers, args.preset)}")
+        return
+    report = run_probe(args.study, args.out, seeds, tuple(known[n] for n in wanted), args.workers, args.preset)
+    print(f"[probe] report: {report}")
+
+
+if __name__ == "__main__":
+    main()
