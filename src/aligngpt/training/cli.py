@@ -86,13 +86,25 @@ def train_command(**kwargs) -> None:
         config = resolve_config(yaml_path=config_file, overrides=kwargs)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    result = train(config)  # a refused resume is a UserError: the CLI's error boundary prints it
+    try:
+        result = train(config)  # a refused resume is a UserError: the CLI's error boundary prints it
+    finally:
+        _close_process_group()
     for note in result.notes:
         typer.echo(note)
     message = f"trained {result.global_step} steps; outputs in {result.output_dir}"
     if result.skipped_records:
         message += f" ({result.skipped_records} bad records skipped, see the report there)"
     typer.echo(message)
+
+
+def _close_process_group() -> None:
+    """Under ``torchrun`` the Trainer opened a process group; close it before the interpreter exits, or gloo's
+    worker threads can abort the process at teardown (``terminate called without an active exception``)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 _params = _train_parameters()
