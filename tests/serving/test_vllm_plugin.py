@@ -23,6 +23,8 @@ from tests.helpers import REPO_ROOT, subprocess_env
 RUNNER = REPO_ROOT / "serving" / "vllm" / "tests" / "run_cases.py"
 MAX_NEW_TOKENS = 12
 VLLM_TIMEOUT_S = 900
+# vLLM's CPU backend otherwise reserves nearly all free memory for its KV cache (21 GiB of 24 seen here).
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
 # Scales that make the alignment token decide the tiny random model's greedy tokens: a peaked, text-dependent gate
 # and level rows as large as the token embeddings.
 GATE_SCALE = 40.0
@@ -141,7 +143,7 @@ def run_vllm(model_dir: Path, cases: list[dict], batches: list[list[str]], work:
     env = {key: value for key, value in subprocess_env().items() if key != "PYTHONPATH"}
     done = subprocess.run(
         [str(VLLM_PYTHON), str(RUNNER), "--model", str(model_dir), "--cases", str(spec), "--out", str(out)],
-        env={**env, "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"},
+        env={**env, **VLLM_ENV},
         capture_output=True, text=True, timeout=VLLM_TIMEOUT_S,
     )  # fmt: skip
     assert done.returncode == 0, f"vLLM run failed:\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"

@@ -199,12 +199,13 @@ class AlignGPTMultiModalProcessor(BaseMultiModalProcessor[AlignGPTProcessingInfo
 
     def apply(self, inputs, timing_ctx):
         config = self.info.get_hf_config()
-        if inputs.mm_data_items.get_all_counts().get(MODALITY, 0) and self.info.get_tokenizer() is not None:
-            if not getattr(self.info.get_tokenizer(), "aligngpt_chunkwise", False):
-                raise ValueError(
-                    "AlignGPT models need vLLM's tokenizer_mode='aligngpt' (--tokenizer-mode aligngpt): "
-                    "the default mode tokenises prompts differently from aligngpt around <image>"
-                )
+        tokenizer = self.info.get_tokenizer()
+        has_image = inputs.mm_data_items.get_all_counts().get(MODALITY, 0)
+        if has_image and tokenizer is not None and not getattr(tokenizer, "aligngpt_chunkwise", False):
+            raise ValueError(
+                "AlignGPT models need vLLM's tokenizer_mode='aligngpt' (--tokenizer-mode aligngpt): "
+                "the default mode tokenises prompts differently from aligngpt around <image>"
+            )
         if inputs.prompt.count(config.image_token_id) > 1:
             raise ValueError(f"a prompt may hold one {IMAGE_PLACEHOLDER}")
         return super().apply(inputs, timing_ctx)
@@ -214,7 +215,9 @@ class AlignGPTMultiModalProcessor(BaseMultiModalProcessor[AlignGPTProcessingInfo
         self._validate_mm_kwargs(mm_res.kwargs, mm_items.get_all_counts())
         (item,) = mm_res.kwargs[MODALITY]
         mode = AlignmentMode.from_code(*item["alignment_mode"].data.tolist())
-        ids, start, end = expand_prompt(list(mm_res.prompt_ids), self.info.get_hf_config(), mode, self.info.bos_token_id)
+        ids, start, end = expand_prompt(
+            list(mm_res.prompt_ids), self.info.get_hf_config(), mode, self.info.bos_token_id
+        )
         count = self.info.get_hf_config().num_image_tokens
         is_embed = torch.zeros(end - start, dtype=torch.bool)
         is_embed[0] = True
