@@ -1,4 +1,5 @@
-"""vLLM's OpenAI server with the aligngpt plugin: one image chat completion on loopback, equal to aligngpt's answer.
+"""``aligngpt serve --engine vllm`` (vLLM's OpenAI server with the aligngpt plugin): one image chat completion on
+loopback, equal to aligngpt's answer.
 
 Runs the vLLM environment's Python (see test_vllm_plugin.py); skipped without it.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,11 +17,10 @@ import urllib.request
 import pytest
 from PIL import Image
 
-from tests.helpers import REPO_ROOT, subprocess_env
+from tests.helpers import subprocess_env
 from tests.inference.conftest import free_port
 from tests.serving.test_vllm_plugin import VLLM_ENV, VLLM_PYTHON, make_images, sharpen_alignment, tiny_vllm_model_dir
 
-CHAT_TEMPLATE = REPO_ROOT / "serving" / "vllm" / "aligngpt_vllm" / "chat_templates" / "vicuna_v1.jinja"
 STARTUP_TIMEOUT_S = 600
 MAX_TOKENS = 8
 QUESTION = "What is in the picture?"
@@ -40,12 +41,11 @@ def served(tmp_path_factory):
     sharpen_alignment(model_dir, 40.0, 4.0)
     image = make_images(work)["wide"]
     port = free_port()
-    env = {key: value for key, value in subprocess_env().items() if key != "PYTHONPATH"} | VLLM_ENV
+    env = subprocess_env() | VLLM_ENV
     command = [
-        str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-        "--served-model-name", "tiny", "--tokenizer-mode", "aligngpt", "--chat-template", str(CHAT_TEMPLATE),
-        "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--host", "127.0.0.1",
-        "--port", str(port),
+        sys.executable, "-m", "aligngpt.cli", "serve", "--engine", "vllm", "--vllm-python", str(VLLM_PYTHON),
+        "--model", str(model_dir), "--model-name", "tiny", "--dtype", "float32", "--port", str(port),
+        "--", "--enforce-eager", "--max-model-len", "512",
     ]  # fmt: skip
     log = (work / "server.log").open("w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -87,3 +87,13 @@ def test_image_chat_completion_on_loopback_equals_aligngpt(served):
     ours = pipe.chat(Image.open(image), QUESTION, settings=GenerationSettings(max_new_tokens=MAX_TOKENS))
     assert answer["usage"]["completion_tokens"] >= 1
     assert text.strip() == ours.text.strip()
+
+
+def test_the_vllm_command_line_carries_aligngpts_defaults():
+    from aligngpt.inference.cli import vllm_command
+
+    command = vllm_command(VLLM_PYTHON, "runs/m", "127.0.0.1", 8001, "KEY", None, "vicuna_v1", "bfloat16")
+    assert command[1:3] == ["-m", "aligngpt_vllm.serve"]
+    pairs = dict(zip(command[3::2], command[4::2]))
+    assert pairs == {"--model": "runs/m", "--host": "127.0.0.1", "--port": "8001", "--served-model-name": "m",
+                     "--api-key": "KEY", "--template": "vicuna_v1", "--dtype": "bfloat16"}  # fmt: skip
