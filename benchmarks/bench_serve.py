@@ -10,6 +10,13 @@ at ``--max-seconds``. Prints requests/s, p50/p95 latency, failures, and the batc
 
 By default a tiny random model is built in a temporary folder; ``--model PATH`` benchmarks any model folder.
 Exits with status 1 if any request failed.
+
+With ``--vllm-python PATH`` (the vLLM environment's Python, e.g. ``.venv-vllm/bin/python``; see
+scripts/build-vllm-env.sh) the second run is vLLM's OpenAI server with the aligngpt plugin on the same model instead
+of batches of one, and the ratio is vLLM / aligngpt (throughput) plus both p50/p95; the default tiny model then has
+a head size of 64 (vLLM's CPU attention has no kernel for the usual tiny model's 16):
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_serve.py --clients 16 --requests 4 --vllm-python .venv-vllm/bin/python
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-STARTUP_TIMEOUT_S = 180
+STARTUP_TIMEOUT_S = 600
+VLLM_CHAT_TEMPLATE = REPO_ROOT / "serving" / "vllm" / "aligngpt_vllm" / "chat_templates" / "vicuna_v1.jinja"
+VLLM_KV_CACHE_GIB = "2"  # vLLM's CPU backend otherwise reserves nearly all free memory
 HTTP_OK = 200
 MAX_CLIENTS = 64
 REQUEST_TIMEOUT_S = 300
@@ -87,8 +96,20 @@ def image_url(seed: int) -> str:
 class ServerProcess:
     """``aligngpt serve`` on a loopback port in a child process."""
 
-    def __init__(self, model_dir: Path, args, batch_size: int):
+    def __init__(self, model_dir: Path, args, batch_size: int, vllm_python: str | None = None):
         self.port = free_port()
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        if vllm_python:
+            self.command = [
+                vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                "--served-model-name", "bench", "--tokenizer-mode", "aligngpt", "--chat-template",
+                str(VLLM_CHAT_TEMPLATE), "--host", HOST, "--port", str(self.port), "--enforce-eager",
+                "--max-num-seqs", str(max(16, args.clients)), "--uvicorn-log-level", "warning",
+            ]  # fmt: skip
+            self.env = {**self.env, "VLLM_CPU_KVCACHE_SPACE": VLLM_KV_CACHE_GIB, "VLLM_LOGGING_LEVEL": "WARNING"}
+            self.env.pop("PYTHONPATH", None)
+            self.process = None
+            return
         self.command = [
             sys.executable, "-m", "aligngpt.cli", "serve", "--model", str(model_dir), "--host", HOST,
             "--port", str(self.port), "--model-name", "bench", "--max-batch-size", str(batch_size),
@@ -102,8 +123,7 @@ class ServerProcess:
     def __enter__(self) -> str:
         import httpx
 
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        self.process = subprocess.Popen(self.command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         base = f"http://{HOST}:{self.port}"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
@@ -177,12 +197,13 @@ def run_clients(base: str, args, label: str) -> RunStats:
     for thread in threads:
         thread.join()
     stats.wall_s = time.perf_counter() - started
-    stats.health = httpx.get(f"{base}/health").json()
+    health = httpx.get(f"{base}/health")
+    stats.health = health.json() if health.headers.get("content-type", "").startswith("application/json") else {}
     return stats
 
 
-def benchmark(model_dir: Path, args, batch_size: int, label: str) -> RunStats:
-    with ServerProcess(model_dir, args, batch_size) as base:
+def benchmark(model_dir: Path, args, batch_size: int, label: str, vllm_python: str | None = None) -> RunStats:
+    with ServerProcess(model_dir, args, batch_size, vllm_python) as base:
         run_clients(base, argparse.Namespace(**{**vars(args), "clients": 1, "requests": 1}), "warm-up")
         return run_clients(base, args, label)
 
@@ -198,6 +219,7 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop issuing requests after this long")
     parser.add_argument("--threads", type=int, default=1, help="server torch threads (0: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--vllm-python", help="compare with vLLM's server run by this Python (the vLLM venv's)")
     args = parser.parse_args()
     if not 1 <= args.clients <= MAX_CLIENTS:
         parser.error(f"--clients must be between 1 and {MAX_CLIENTS}")
@@ -208,10 +230,14 @@ def main() -> int:
         else:
             sys.path.insert(0, str(REPO_ROOT))
             from tests.helpers import tiny_model_dir
+            from tests.serving.test_vllm_plugin import tiny_vllm_model_dir
 
-            model_dir = tiny_model_dir(Path(tmp))
+            model_dir = (tiny_vllm_model_dir if args.vllm_python else tiny_model_dir)(Path(tmp))
         batched = benchmark(model_dir, args, args.max_batch_size, f"batched (max {args.max_batch_size})")
-        single = benchmark(model_dir, args, 1, "one at a time")
+        if args.vllm_python:
+            single = benchmark(model_dir, args, 0, "vLLM (plugin)", args.vllm_python)
+        else:
+            single = benchmark(model_dir, args, 1, "one at a time")
 
     rows = [batched.summary(), single.summary()]
     ratio = rows[0]["requests_per_s"] / rows[1]["requests_per_s"] if rows[1]["requests_per_s"] else float("nan")
@@ -223,9 +249,16 @@ def main() -> int:
         print(
             f"{row['mode']:<22}{row['requests_ok']:>5}{row['failures']:>6}{row['requests_per_s']:>9.2f}"
             f"{row['tokens_per_s']:>9.1f}{row['latency_p50_s']:>8.2f}{row['latency_p95_s']:>8.2f}"
-            f"{row['batches_run']:>9}{row['largest_batch']:>5}"
+            f"{str(row['batches_run'] or '-'):>9}{str(row['largest_batch'] or '-'):>5}"
         )
-    print(f"throughput batched / one-at-a-time: {ratio:.2f}x")
+    if args.vllm_python:
+        ratio = 1 / ratio if ratio else float("nan")
+        ours, vllm = rows
+        print(f"throughput vLLM / aligngpt serve: {ratio:.2f}x")
+        for name in ("latency_p50_s", "latency_p95_s"):
+            print(f"{name}: vLLM {vllm[name]:.2f} s, aligngpt serve {ours[name]:.2f} s")
+    else:
+        print(f"throughput batched / one-at-a-time: {ratio:.2f}x")
     for stats in (batched, single):
         for failure in stats.failures[:3]:
             print(f"failure ({stats.label}): {failure}")

@@ -5,6 +5,7 @@ Heavy imports (torch, transformers, fastapi) happen inside the commands so ``ali
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -157,6 +158,7 @@ def predict(
 
 
 def serve(
+    ctx: typer.Context,
     model: ModelOption,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
@@ -180,9 +182,28 @@ def serve(
     vision_tower: VisionTowerOption = None,
     threads: ThreadsOption = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    engine: Annotated[
+        str, typer.Option(help="aligngpt (this server) or vllm (vLLM's OpenAI server with the aligngpt plugin).")
+    ] = "aligngpt",
+    vllm_python: Annotated[
+        Path,
+        typer.Option(envvar="ALIGNGPT_VLLM_PYTHON", help="Python of the vLLM environment (scripts/build-vllm-env.sh)."),
+    ] = Path(".venv-vllm/bin/python"),
 ) -> None:
-    """OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, /health) with a web page at /."""
+    """OpenAI-compatible server (POST /v1/chat/completions, GET /v1/models, /health) with a web page at /.
+
+    With --engine vllm, options after `--` go to vLLM's server (e.g. `-- --enforce-eager --tensor-parallel-size 2`).
+    """
     check_model_options(model, dtype, template)
+    if ctx.args and engine != "vllm":
+        raise typer.BadParameter(
+            f"unexpected arguments {' '.join(ctx.args)!r} (only --engine vllm passes extra options on)"
+        )
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}", param_hint="--engine")
+    if engine == "vllm":
+        command = vllm_command(vllm_python, model, host, port, api_key, model_name, template, dtype) + list(ctx.args)
+        raise typer.Exit(_run_vllm(vllm_python, command))
     import uvicorn
 
     from aligngpt.inference.server import ServerConfig, create_app
@@ -210,8 +231,41 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
+ENGINES = ("aligngpt", "vllm")
+
+
+def vllm_command(
+    python: Path, model: str, host: str, port: int, api_key: str | None, model_name: str | None,
+    template: str | None, dtype: str | None,
+) -> list[str]:  # fmt: skip
+    """The ``aligngpt_vllm.serve`` command line (vLLM's server with aligngpt's tokenizer mode and chat template)."""
+    command = [
+        str(python), "-m", "aligngpt_vllm.serve", "--model", str(model), "--host", host, "--port", str(port),
+        "--served-model-name", model_name or Path(model).resolve().name,
+    ]  # fmt: skip
+    if api_key:
+        command += ["--api-key", api_key]
+    if template:
+        command += ["--template", template]
+    if dtype:
+        command += ["--dtype", dtype]
+    return command
+
+
+def _run_vllm(python: Path, command: list[str]) -> int:
+    """Replace this process with vLLM's server (signals such as Ctrl-C and SIGTERM reach it directly)."""
+    if not python.is_file():
+        raise typer.BadParameter(
+            f"{python} does not exist: build the vLLM environment with scripts/build-vllm-env.sh",
+            param_hint="--vllm-python",
+        )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    os.execve(str(python), command, env)
+    return 0  # not reached
+
+
 def register(app: typer.Typer) -> None:
     """Add ``chat``, ``predict`` and ``serve`` to the root command line."""
     app.command(name="chat")(chat)
     app.command(name="predict")(predict)
-    app.command(name="serve")(serve)
+    app.command(name="serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve)
