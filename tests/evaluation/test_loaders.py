@@ -9,8 +9,8 @@ from eval_helpers import fixture_dir, predictions_path
 
 from aligngpt.evaluation.benchmarks import PAPER_BENCHMARKS, get_benchmark
 from aligngpt.evaluation.benchmarks.base import MULTIPLE_CHOICE_SUFFIX, MULTIPLE_CHOICE_SUFFIX_CN, SHORT_ANSWER_SUFFIX
-from aligngpt.evaluation.io import MissingDataError
 from aligngpt.evaluation.items import answer_record
+from aligngpt.fileio import MissingDataError
 
 LOADER_FIXTURES = ["vqav2", "gqa", "vizwiz", "scienceqa_img", "textvqa", "pope", "mme", "mmbench", "seed_bench",
                    "llava_bench_in_the_wild", "mm_vet"]  # fmt: skip
@@ -129,8 +129,8 @@ def test_open_image_reports_the_missing_path():
 def test_open_image_names_the_question_of_a_damaged_base64_image(payload, named):
     """MMBench images are base64 in the TSV: a cut-off image or broken base64 is a BadRecordError naming the
     question, not a traceback (binascii.Error) or a PIL message with a BytesIO repr."""
-    from aligngpt.evaluation.io import BadRecordError
     from aligngpt.evaluation.items import EvalItem
+    from aligngpt.fileio import BadRecordError
 
     item = EvalItem("q7", None, "Which?", {"image_base64": payload})
     with pytest.raises(BadRecordError, match=rf"question 'q7'.*({named})") as err:

@@ -372,8 +372,3 @@ class _ArrayIndexer:
             head = f.read(self.byte_pos - start)
         line_head = head[head.rfind(b"\n") + 1 :].decode("utf-8", errors="replace").lstrip("\ufeff")
         return len(line_head) + 1
-
-
-def open_records(path: str | os.PathLike[str], *, level_field: str = DEFAULT_LEVEL_FIELD) -> RecordFile:
-    """Open a LLaVA-format JSON / JSONL file for lazy random access (see ``RecordFile``)."""
-    return RecordFile(path, level_field=level_field)

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from aligngpt.data.atomic import atomic_write
 from aligngpt.data.constants import DEFAULT_MAX_PIXELS, DEFAULT_NUM_LEVELS, IMAGE_TOKEN, ON_BAD_RECORD, STAGES
 from aligngpt.data.images import ImageLoadError, load_image
-from aligngpt.data.jsonl_log import read_jsonl_log
 from aligngpt.data.problems import Problem, ProblemKind, RecordFormatError
 from aligngpt.data.records import GPT, HUMAN, Record, RecordFile
-from aligngpt.errors import UserError, writing
+from aligngpt.errors import UserError
+from aligngpt.fileio import JsonlAppender, atomic_write, read_jsonl_log, write_jsonl_atomic
 
 Stage = Literal["pretrain", "finetune"]
 OnBadRecord = Literal["error", "skip"]
@@ -297,8 +296,7 @@ class BadRecordPolicy:
         for report in read_jsonl_log(self.report_path).records:
             if isinstance(report, dict) and isinstance(report.get("index"), int):
                 by_index.setdefault(report["index"], report)
-        with atomic_write(self.report_path) as f:
-            f.writelines(json.dumps(by_index[i], ensure_ascii=False) + "\n" for i in sorted(by_index))
+        write_jsonl_atomic(self.report_path, (by_index[i] for i in sorted(by_index)))
         return len(by_index)
 
     def admit(self, records: RecordFile, index: int) -> Record | None:
@@ -311,13 +309,8 @@ class BadRecordPolicy:
             self._reported.add(index)
             self.counts.update(p.kind.value for p in report.problems)
             if self.report_path is not None:
-                line = (json.dumps(report.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
-                with writing(self.report_path):
-                    fd = os.open(self.report_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                    try:
-                        os.write(fd, line)
-                    finally:
-                        os.close(fd)
+                with JsonlAppender(self.report_path) as log:  # one write per line: workers may share the file
+                    log.write(report.to_json())
         return None
 
 

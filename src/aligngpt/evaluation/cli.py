@@ -92,8 +92,8 @@ def evaluate(
         if err.name != "aligngpt.evaluation.runner":
             raise
         raise _fail("generation is not available in this install (aligngpt.evaluation.runner is missing)") from err
-    from aligngpt.evaluation.io import BadRecordError, MissingDataError
     from aligngpt.evaluation.judge import JudgeError, OpenAIJudge
+    from aligngpt.fileio import BadRecordError, MissingDataError
 
     if threads:
         import torch
@@ -139,8 +139,8 @@ def score(
 ) -> None:
     """Re-score an answer file: writes OUT/metrics.json plus the benchmark's submission files."""
     from aligngpt.evaluation.benchmarks import UnknownBenchmarkError, get_benchmark
-    from aligngpt.evaluation.io import BadRecordError, MissingDataError
     from aligngpt.evaluation.judge import JudgeError, OpenAIJudge
+    from aligngpt.fileio import BadRecordError, MissingDataError
 
     options = _parse_options(option)
     if judge_cache is not None:

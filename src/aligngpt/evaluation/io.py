@@ -1,23 +1,19 @@
-"""Small file helpers shared by the benchmark modules: JSON/JSONL reading, atomic writes, data-file lookup."""
+"""File helpers of the benchmark modules: data-file lookup, JSON and answer-file reading.
+
+Generic reading and writing (atomic writes, JSONL) is :mod:`aligngpt.fileio`.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aligngpt.data.atomic import write_bytes_atomic as atomic_write_bytes
-from aligngpt.errors import UserError
+from aligngpt.fileio import BadRecordError, MissingDataError, parse_tail, read_jsonl_log
 
-
-class MissingDataError(UserError, FileNotFoundError):
-    """A benchmark data file is missing; the message names what and where it was expected."""
-
-
-class BadRecordError(UserError, ValueError):
-    """A record of a data or predictions file is malformed; the message names the file and line."""
+_DAMAGED = object()  # a line that is not valid JSON
 
 
 def find_file(data_dir: Path, candidates: Sequence[str], what: str) -> Path:
@@ -50,23 +46,6 @@ def read_json(path: Path) -> Any:
             raise BadRecordError(f"{path}: not valid JSON ({err})") from err
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file strictly: a bad line raises :class:`BadRecordError` naming file and line."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingDataError(f"file not found: {path}")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise BadRecordError(f"{path}:{line_no}: not valid JSON ({err})") from err
-    return records
-
-
 @dataclass
 class Predictions:
     """The records of an answer file (``{"question_id", "prompt", "text", ...}`` per line)."""
@@ -90,36 +69,21 @@ def read_predictions(path: Path, *, skip_bad_lines: bool = False) -> Predictions
     path = Path(path)
     if not path.exists():
         raise MissingDataError(f"predictions file not found: {path}")
+    log = read_jsonl_log(path)
+    numbered: list[tuple[int, Any]] = [*zip(log.record_lines, log.records), *((n, _DAMAGED) for n in log.bad_lines)]
+    if log.tail.strip():
+        tail = parse_tail(log)
+        numbered.append((log.tail_line, _DAMAGED if tail is None else tail))
     records: list[dict] = []
     bad: list[int] = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                if skip_bad_lines:
-                    bad.append(line_no)
-                    continue
-                raise BadRecordError(f"{path}:{line_no}: not valid JSON ({err})") from err
-            for key in ("question_id", "text"):
-                if not isinstance(record, dict) or key not in record:
-                    raise BadRecordError(f"{path}:{line_no}: record has no '{key}' field")
-            records.append(record)
+    for line_no, record in sorted(numbered, key=lambda pair: pair[0]):
+        if record is _DAMAGED:
+            if skip_bad_lines:
+                bad.append(line_no)
+                continue
+            raise BadRecordError(f"{path}:{line_no}: not valid JSON")
+        for key in ("question_id", "text"):
+            if not isinstance(record, dict) or key not in record:
+                raise BadRecordError(f"{path}:{line_no}: record has no '{key}' field")
+        records.append(record)
     return Predictions(path=path, records=records, bad_lines=bad)
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    return atomic_write_bytes(path, data)
-
-
-def write_json_atomic(path: Path, obj: Any, *, indent: int | None = 1) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
-
-
-def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> Path:
-    return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

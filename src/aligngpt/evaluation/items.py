@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aligngpt.evaluation.io import BadRecordError
+from aligngpt.fileio import BadRecordError
 
 IMAGE_PLACEHOLDER = "<image>"
 

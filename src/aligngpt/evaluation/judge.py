@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aligngpt.errors import UserError
-from aligngpt.evaluation.io import write_json_atomic
+from aligngpt.fileio import write_json_atomic
 
 API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_TIMEOUT_S = 120.0

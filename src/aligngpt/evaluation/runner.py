@@ -12,12 +12,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from aligngpt.data.digest import update_with_file
-from aligngpt.data.jsonl_log import cut_torn_tail, read_jsonl_log
 from aligngpt.errors import writing
 from aligngpt.evaluation.benchmarks import get_benchmark
 from aligngpt.evaluation.benchmarks.base import Benchmark
-from aligngpt.evaluation.io import write_json_atomic, write_text_atomic
 from aligngpt.evaluation.items import EvalItem, answer_record
+from aligngpt.fileio import cut_torn_tail, read_jsonl_log, write_json_atomic, write_text_atomic
 
 ANSWERS_FILE = "answers.jsonl"
 RESULTS_FILE = "results.json"

@@ -22,9 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from aligngpt.data.atomic import atomic_write, replace_durably
-from aligngpt.data.jsonl_log import JsonlLog, cut_torn_tail, read_jsonl_log
 from aligngpt.errors import writing
+from aligngpt.fileio import JsonlLog, atomic_write, cut_torn_tail, read_jsonl_log, replace_durably
 from aligngpt.inference.images import ImageError, ImagePolicy, read_local_image
 from aligngpt.inference.pipeline import AlignGPTPipeline, GenerationSettings
 

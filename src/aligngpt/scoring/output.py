@@ -7,9 +7,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from aligngpt.data.atomic import atomic_write
 from aligngpt.data.constants import DEFAULT_SCORE_FIELD
 from aligngpt.data.records import RecordFile
+from aligngpt.fileio import atomic_write
 
 
 def write_leveled_copy(

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aligngpt.data.atomic import atomic_write
 from aligngpt.data.constants import (
     DEFAULT_LEVEL_FIELD,
     DEFAULT_MAX_PIXELS,
@@ -26,6 +25,7 @@ from aligngpt.data.constants import (
 from aligngpt.data.digest import file_sha256
 from aligngpt.data.records import RecordFile
 from aligngpt.data.validation import BadRecordError, OnBadRecord
+from aligngpt.fileio import atomic_write
 from aligngpt.scoring.bucketing import assign_levels
 from aligngpt.scoring.output import sidecar, write_leveled_copy
 from aligngpt.scoring.score_log import BatchScores, ScoreLog

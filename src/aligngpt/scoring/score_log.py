@@ -9,14 +9,13 @@ records, so a recomputed batch is the same computation.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aligngpt.data.jsonl_log import cut_torn_tail, read_jsonl_log
-from aligngpt.errors import UserError, writing
+from aligngpt.errors import UserError
+from aligngpt.fileio import JsonlAppender, cut_torn_tail, read_jsonl_log, write_jsonl_atomic
 
 
 class ScoreLogMismatchError(UserError, ValueError):
@@ -31,9 +30,8 @@ class BatchScores:
     scores: list[tuple[int, str, float]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_line(self) -> bytes:
-        body = {"batch": self.batch, "scores": [list(s) for s in self.scores], "skipped": self.skipped}
-        return (json.dumps(body, ensure_ascii=False) + "\n").encode("utf-8")
+    def to_json(self) -> dict[str, Any]:
+        return {"batch": self.batch, "scores": [list(s) for s in self.scores], "skipped": self.skipped}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> BatchScores:
@@ -72,21 +70,16 @@ class ScoreLog:
 
     def append(self, batch: BatchScores) -> None:
         """Write one batch line with a single write, then flush and fsync."""
-        with writing(self.path), self.path.open("ab") as f:
-            f.write(batch.to_line())
-            f.flush()
-            os.fsync(f.fileno())
+        with JsonlAppender(self.path) as log:
+            log.write(batch.to_json())
+            log.sync()
         self.done[batch.batch] = batch
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
     def _start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with writing(self.path), self.path.open("wb") as f:
-            f.write((json.dumps(self.header, ensure_ascii=False) + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+        write_jsonl_atomic(self.path, [self.header])
         self.done = {}
 
     def _describe_mismatch(self, old: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aligngpt.data.atomic import atomic_write
+from aligngpt.fileio import atomic_write
 from aligngpt.scoring.output import sidecar
 
 HISTOGRAM_BINS = 20

@@ -1,36 +1,24 @@
-"""Atomic file writes of the toy world (``aligngpt.data.atomic`` without fsync: everything here is regenerated
-from seeds, and the data set writes thousands of files)."""
+"""The toy world's names for :mod:`aligngpt.fileio`'s atomic writers, bound to ``durable=False``: everything here is
+regenerated from seeds, and the data set writes thousands of files."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
+import functools
+import io
 from pathlib import Path
 
 from PIL import Image
 
-from aligngpt.data.atomic import write_bytes_atomic
+from aligngpt.fileio import write_bytes_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    write_bytes_atomic(path, data, durable=False)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: object, indent: int | None = 1) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
-
-
-def atomic_write_jsonl(path: str | Path, records: Iterable[object]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+atomic_write_bytes = functools.partial(write_bytes_atomic, durable=False)
+atomic_write_text = functools.partial(write_text_atomic, durable=False)
+atomic_write_json = functools.partial(write_json_atomic, durable=False)
+atomic_write_jsonl = functools.partial(write_jsonl_atomic, durable=False)
 
 
 def atomic_save_png(path: str | Path, image: Image.Image) -> None:
-    import io
-
+    """Write ``image`` as a PNG file atomically (not fsynced)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())

@@ -13,7 +13,6 @@ Predictions are ``{question_id: answer_text}``; :func:`load_predictions` reads L
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from aligngpt.evaluation.normalize import ARTICLES
 from aligngpt.evaluation.normalize import NUMBER_WORDS as VQA_NUMBER_WORDS
+from aligngpt.fileio import read_jsonl  # re-exported: the toy world reads its files with it
 from aligngpt.toyworld.text import hallucinated_partners, parse_caption
 from aligngpt.toyworld.world import Scene, SceneObject
 
@@ -28,20 +28,6 @@ from aligngpt.toyworld.world import Scene, SceneObject
 NUMBER_WORDS = {word: digit for word, digit in VQA_NUMBER_WORDS.items() if word != "none"}
 NEGATION_WORDS = {"no", "not"}
 _PUNCTUATION = re.compile(r"[^\w\s]")
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a JSONL file; a bad line raises naming the file and line number."""
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-    return records
 
 
 def load_predictions(path: str | Path) -> dict[str, str]:

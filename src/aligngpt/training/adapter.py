@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from aligngpt.convert.official import STAGE1_ADAPTER, rename_official_key
-from aligngpt.data.atomic import atomic_write
 from aligngpt.errors import UserError
+from aligngpt.fileio import atomic_write
 
 OUR_ADAPTER = "stage1_adapter.safetensors"
 LEVEL_TABLE_KEY = "alignment.level_embeddings"

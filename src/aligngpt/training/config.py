@@ -243,7 +243,7 @@ def deepspeed_zero_stage(path: str | os.PathLike) -> int:
 
 def save_resolved_config(config: TrainConfig, directory: str | os.PathLike) -> Path:
     """Write ``train_config.yaml`` atomically into ``directory``."""
-    from aligngpt.data.atomic import atomic_write
+    from aligngpt.fileio import atomic_write
 
     path = Path(directory) / RESOLVED_CONFIG_NAME
     with atomic_write(path) as handle:

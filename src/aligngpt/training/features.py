@@ -83,7 +83,7 @@ def load_or_compute_vision_features(
     from safetensors import safe_open
     from safetensors.torch import save
 
-    from aligngpt.data.atomic import atomic_write
+    from aligngpt.fileio import atomic_write
 
     path = Path(path)
     fingerprint = feature_fingerprint(model, dataset)

@@ -29,12 +29,6 @@ def apply_lora(
     model.model.language_model = get_peft_model(model.language_model, config)
 
 
-def has_lora(model: AlignGPTForConditionalGeneration) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model.language_model, PeftModel)
-
-
 def save_lora_adapter(
     model: AlignGPTForConditionalGeneration, directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
 ) -> Path:

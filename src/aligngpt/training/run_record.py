@@ -18,9 +18,9 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from aligngpt.data.atomic import atomic_write
 from aligngpt.data.digest import file_sha256
 from aligngpt.errors import UserError
+from aligngpt.fileio import atomic_write
 from aligngpt.training.config import TrainConfig, config_field_names
 
 logger = logging.getLogger(__name__)

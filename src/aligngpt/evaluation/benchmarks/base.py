@@ -6,9 +6,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
-from aligngpt.evaluation.io import find_file, pick_dir, read_jsonl, write_json_atomic
+from aligngpt.evaluation.io import find_file, pick_dir
 from aligngpt.evaluation.items import EvalItem
 from aligngpt.evaluation.judge import CachedJudge, Judge
+from aligngpt.fileio import read_jsonl, write_json_atomic
 
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."

@@ -8,14 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LoaderBenchmark
-from aligngpt.evaluation.io import (
-    BadRecordError,
-    find_file,
-    read_json,
-    read_predictions,
-    write_jsonl_atomic,
-    write_text_atomic,
-)
+from aligngpt.evaluation.io import find_file, read_json, read_predictions
+from aligngpt.fileio import BadRecordError, write_jsonl_atomic, write_text_atomic
 
 PREDICTIONS_FILE = "testdev_balanced_predictions.json"
 NON_STEP_OPERATIONS = ("exist", "query: name", "choose name")

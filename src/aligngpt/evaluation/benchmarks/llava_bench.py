@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LONG_MAX_NEW_TOKENS, LoaderBenchmark
-from aligngpt.evaluation.io import BadRecordError, find_file, read_jsonl, write_jsonl_atomic, write_text_atomic
+from aligngpt.evaluation.io import find_file
 from aligngpt.evaluation.judge import Judge, JudgeRequest
 from aligngpt.evaluation.judge_prompts import LLAVA_BENCH_RULES, LLAVA_BENCH_SYSTEM
+from aligngpt.fileio import BadRecordError, read_jsonl, write_jsonl_atomic, write_text_atomic
 
 JUDGE_MODEL = "gpt-4-0314"
 JUDGE_TEMPERATURE = 0.2

@@ -16,16 +16,10 @@ from collections import Counter
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LONG_MAX_NEW_TOKENS, LoaderBenchmark
-from aligngpt.evaluation.io import (
-    BadRecordError,
-    find_file,
-    read_json,
-    read_predictions,
-    write_jsonl_atomic,
-    write_text_atomic,
-)
+from aligngpt.evaluation.io import find_file, read_json, read_predictions
 from aligngpt.evaluation.judge import Judge, JudgeRequest
 from aligngpt.evaluation.judge_prompts import MM_VET_FEW_SHOT, MM_VET_REQUERY_SUFFIX
+from aligngpt.fileio import BadRecordError, write_jsonl_atomic, write_text_atomic
 
 JUDGE_MODEL = "gpt-4-0613"
 JUDGE_MAX_TOKENS = 3

@@ -21,9 +21,10 @@ from aligngpt.evaluation.benchmarks.base import (
     MULTIPLE_CHOICE_SUFFIX_CN,
     Benchmark,
 )
-from aligngpt.evaluation.io import find_file, read_predictions, write_bytes_atomic, write_jsonl_atomic
+from aligngpt.evaluation.io import find_file, read_predictions
 from aligngpt.evaluation.items import EvalItem
 from aligngpt.evaluation.judge import Judge, JudgeRequest, RecordingJudge
+from aligngpt.fileio import write_bytes_atomic, write_jsonl_atomic
 
 OPTION_LETTERS = ("A", "B", "C", "D")
 CIRCULAR_STRIDE = 1_000_000

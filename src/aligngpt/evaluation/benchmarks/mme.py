@@ -16,13 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import SHORT_ANSWER_SUFFIX, LoaderBenchmark, ratio
-from aligngpt.evaluation.io import (
-    BadRecordError,
-    MissingDataError,
-    read_predictions,
-    write_jsonl_atomic,
-    write_text_atomic,
-)
+from aligngpt.evaluation.io import read_predictions
+from aligngpt.fileio import BadRecordError, MissingDataError, write_jsonl_atomic, write_text_atomic
 
 GT_ROOT = "MME_Benchmark_release_version"
 QA_SUBDIR = "questions_answers_YN"

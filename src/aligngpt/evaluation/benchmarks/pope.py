@@ -12,14 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LoaderBenchmark, ratio
-from aligngpt.evaluation.io import (
-    BadRecordError,
-    MissingDataError,
-    pick_dir,
-    read_jsonl,
-    read_predictions,
-    write_jsonl_atomic,
-)
+from aligngpt.evaluation.io import pick_dir, read_predictions
+from aligngpt.fileio import BadRecordError, MissingDataError, read_jsonl, write_jsonl_atomic
 
 LABEL_PREFIX, LABEL_SUFFIX = "coco_pope_", ".json"
 NEGATIVE_WORDS = ("No", "not", "no")

@@ -10,15 +10,9 @@ import re
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LONG_MAX_NEW_TOKENS, MULTIPLE_CHOICE_SUFFIX, Benchmark
-from aligngpt.evaluation.io import (
-    find_file,
-    pick_dir,
-    read_json,
-    read_predictions,
-    write_jsonl_atomic,
-    write_text_atomic,
-)
+from aligngpt.evaluation.io import find_file, pick_dir, read_json, read_predictions
 from aligngpt.evaluation.items import IMAGE_PLACEHOLDER, EvalItem
+from aligngpt.fileio import write_jsonl_atomic, write_text_atomic
 
 OPTIONS = ("A", "B", "C", "D", "E")
 FAILED = "FAILED"

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LoaderBenchmark, ratio
-from aligngpt.evaluation.io import find_file, read_json, read_predictions, write_jsonl_atomic, write_text_atomic
+from aligngpt.evaluation.io import find_file, read_json, read_predictions
+from aligngpt.fileio import write_jsonl_atomic, write_text_atomic
 
 UPLOAD_FILE = "answers_upload.jsonl"
 

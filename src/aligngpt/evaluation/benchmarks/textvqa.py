@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LoaderBenchmark
-from aligngpt.evaluation.io import BadRecordError, find_file, read_json, read_predictions, write_jsonl_atomic
+from aligngpt.evaluation.io import find_file, read_json, read_predictions
 from aligngpt.evaluation.normalize import normalize_vqa_answer, vqa_soft_score
+from aligngpt.fileio import BadRecordError, write_jsonl_atomic
 
 _OCR_TOKENS_QUESTION = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)
 

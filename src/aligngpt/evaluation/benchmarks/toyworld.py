@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from aligngpt.evaluation.benchmarks.base import Benchmark
-from aligngpt.evaluation.io import find_file, read_jsonl
+from aligngpt.evaluation.io import find_file
 from aligngpt.evaluation.items import EvalItem
+from aligngpt.fileio import read_jsonl
 
 EVAL_SETS = ("caption", "vqa", "pope")
 

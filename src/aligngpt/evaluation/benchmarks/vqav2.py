@@ -7,15 +7,9 @@ import json
 from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LoaderBenchmark
-from aligngpt.evaluation.io import (
-    find_file,
-    read_json,
-    read_jsonl,
-    read_predictions,
-    write_jsonl_atomic,
-    write_text_atomic,
-)
+from aligngpt.evaluation.io import find_file, read_json, read_predictions
 from aligngpt.evaluation.normalize import normalize_vqa_answer, vqa_soft_score
+from aligngpt.fileio import read_jsonl, write_jsonl_atomic, write_text_atomic
 
 UPLOAD_FILE = "answers_upload.json"
 
