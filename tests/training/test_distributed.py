@@ -36,9 +36,10 @@ def _torchrun(settings: dict, tmp_path: Path, timeout: int = 300) -> list[dict]:
     config.write_text(yaml.safe_dump(settings))
     env = subprocess_env(OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "aligngpt.training", "--config", str(config)]  # fmt: skip
+               "--tee", "3", "-m", "aligngpt.training", "--config", str(config)]  # fmt: skip
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
+    (tmp_path / "torchrun.log").write_text(done.stdout + done.stderr)  # every rank's lines, tagged [rank]
+    assert done.returncode == 0, done.stderr[-6000:]
     state = json.loads((Path(settings["output_dir"]) / "trainer_state.json").read_text())
     return state["log_history"]
 
