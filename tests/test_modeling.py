@@ -130,6 +130,31 @@ def test_gate_gradients_reach_embeddings_and_projector(llama_clip):
     model.zero_grad()
 
 
+@pytest.mark.parametrize("gate_text", ["all", "prompt"])
+def test_gate_text_prompt_leaves_the_answer_out_of_the_gate_in_training(llama_clip, gate_text):
+    """``gate_text="prompt"``: the gate's weights in a training forward do not depend on the answer tokens (as at
+    inference); ``"all"`` (official) averages the answer in. ``shift_labels`` mark the same answer positions."""
+    model, processor, _ = llama_clip
+    batch = processor.collate([_samples(processor)[0]])
+    answer = batch["labels"] != -100
+    assert answer.any()
+    other = dict(batch, input_ids=batch["input_ids"].masked_fill(answer, 5))
+    other["labels"] = other["input_ids"].masked_fill(~answer, -100)
+    model.config.gate_text = gate_text
+    try:
+        weights, weights_other = _forward(model, batch).alignment_weights, _forward(model, other).alignment_weights
+        shifted = {key: value for key, value in batch.items() if key != "labels"}
+        shifted["shift_labels"] = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+        weights_shifted = _forward(model, shifted).alignment_weights
+    finally:
+        model.config.gate_text = "all"
+    if gate_text == "prompt":
+        torch.testing.assert_close(weights, weights_other, atol=1e-7, rtol=0)
+        torch.testing.assert_close(weights_shifted, weights, atol=1e-7, rtol=0)
+    else:
+        assert (weights - weights_other).abs().max() > 1e-4
+
+
 def test_kv_cache_decoding_equals_full_recomputation(llama_clip):
     """A cached decode step equals a full pass over the same embeddings (the gate saw the prompt only, as at
     official inference; recomputing from ids would let the gate also see the generated token)."""
@@ -288,6 +313,7 @@ def test_mismatched_images_and_bad_config_raise_clear_errors(llama_clip):
         {"alignment_mode": "adaptve"},
         {"projector_type": "mlp2x_relu"},
         {"alignment_mode": "fixed:9"},
+        {"gate_text": "answer"},
     ):
         with pytest.raises(ValueError):
             AlignGPTConfig(**bad)

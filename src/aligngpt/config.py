@@ -24,6 +24,9 @@ FEATURE_SELECTIONS = ("patch", "cls_patch", "all")
 ALIGNMENT_KINDS = ("adaptive", "global", "local", "uniform", "fixed", "none")
 _FIXED_PREFIX = "fixed:"
 IMAGE_ASPECT_RATIOS = ("pad", "square")
+# Which text positions the gate averages in training: every text token (the official code: prompt and answer) or the
+# prompt only (the answer excluded, which is what the gate sees at inference).
+GATE_TEXT_SPANS = ("all", "prompt")
 
 # Vision encoders whose sequence starts with a CLS token (SigLIP and similar have none).
 _VISION_TYPES_WITHOUT_CLS = ("siglip", "siglip2")
@@ -160,6 +163,9 @@ class AlignGPTConfig(PreTrainedConfig):
         alignment_mode: ``adaptive`` (paper), ``global``, ``local``, ``uniform``, ``fixed:<k>`` or ``none``
             (plain LLaVA-1.5: no alignment token at all).
         gate_hidden_size: hidden width of the gate MLP.
+        gate_text: which text the gate's mean text embedding covers in training: ``all`` (the official code: the
+            prompt and the answer tokens) or ``prompt`` (positions with a training label excluded, as at inference,
+            where there is no answer yet). Inference is the same for both.
         image_token_id / alignment_token_id: token ids of the ``<image>`` positions and the alignment slot. By default
             the two ids after the text vocabulary; ``text_config.vocab_size`` grows to cover them (the model fills
             these positions from the image, and masks their logits so that they are never predicted). Negative ids
@@ -185,6 +191,7 @@ class AlignGPTConfig(PreTrainedConfig):
     num_alignment_levels: int = 8
     alignment_mode: str = "adaptive"
     gate_hidden_size: int = 256
+    gate_text: str = "all"
     image_token_id: int | None = None
     alignment_token_id: int | None = None
     image_aspect_ratio: str = "pad"
@@ -209,6 +216,8 @@ class AlignGPTConfig(PreTrainedConfig):
                 f"vision_feature_select={self.vision_feature_select!r} needs a CLS token, but "
                 f"{self.vision_config.model_type} has none; use 'all'"
             )
+        if self.gate_text not in GATE_TEXT_SPANS:
+            raise ValueError(f"Unknown gate_text {self.gate_text!r}; known: {GATE_TEXT_SPANS}")
         if self.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
             raise ValueError(f"Unknown image_aspect_ratio {self.image_aspect_ratio!r}; known: {IMAGE_ASPECT_RATIOS}")
         if self.num_alignment_levels < 2:

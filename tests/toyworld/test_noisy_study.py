@@ -122,7 +122,7 @@ def test_smoke_study_end_to_end(tmp_path):
     # the gate probe reruns stage 2 from this study's stage 1; a 100x gate LR moves the gate further in 3 steps
     from aligngpt.toyworld.gate_probe import CHANGES, run_probe
 
-    changes = tuple(c for c in CHANGES if c.name in ("recipe", "gate-lr-x100"))
+    changes = tuple(c for c in CHANGES if c.name in ("recipe", "gate-lr-x100", "prompt-input"))
     probe = run_probe(out, tmp_path / "probe", [0], changes, workers=1, study="noisy-smoke", echo=lambda _: None)
     done = json.loads((tmp_path / "probe" / "probe.json").read_text())
     recipe, fast = (done[f"seed0/{name}"]["result"] for name in ("recipe", "gate-lr-x100"))
@@ -131,12 +131,18 @@ def test_smoke_study_end_to_end(tmp_path):
     assert kl[1] > 10 * kl[0]
     first = recipe["gradients"][0]
     assert first["step"] == 0 and first["gate_grad_norm"] > 0 and first["language_model_grad_norm"] > 0
+    # the prompt-only gate input trains a model saved with it, and already the first gate gradient differs
+    prompt_run = tmp_path / "probe" / "runs" / "seed0" / "prompt-input"
+    assert json.loads((prompt_run / "config.json").read_text())["gate_text"] == "prompt"
+    prompt_first = done["seed0/prompt-input"]["result"]["gradients"][0]
+    assert prompt_first["gate_grad_norm"] != pytest.approx(first["gate_grad_norm"], rel=1e-4)
     assert re.search(r"^\| seed0/gate-lr-x100 \| \d\.\d\de-\d\d \|", probe.read_text(), re.M)
 
     from aligngpt.toyworld.gate_probe import run_forced_levels, run_start_gates
 
     start = json.loads(run_start_gates(out, tmp_path / "probe", [0], changes).read_text())
     assert start["seed0/recipe"] == start["seed0/gate-lr-x100"]  # both start from the study's stage-1 model
+    assert start["seed0/recipe"] == start["seed0/prompt-input"]  # gate_text changes training, not inference
     assert set(start["seed0/recipe"]) == set(CAPTION_PROMPTS)
 
     levels = run_forced_levels(out, tmp_path / "probe", [0], workers=1, study="noisy-smoke", echo=lambda _: None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aligngpt.processing import AlignGPTProcessor, load_image_processor, load_tokenizer
 from aligngpt.training.config import resolve_config
 from aligngpt.training.model_init import build_starting_point
@@ -25,3 +27,18 @@ def test_processor_follows_the_overridden_model_config(world, tmp_path):
         model.config, load_tokenizer(world["model"]), load_image_processor(world["model"])
     )
     assert processor.settings() == derived.settings()
+
+
+def test_gate_text_setting_reaches_the_model_config_and_bad_values_are_refused(world, tmp_path):
+
+    settings = dict(data=str(world["finetune"]), output_dir=str(tmp_path), model=str(world["model"]))
+    assert (
+        build_starting_point(
+            resolve_config("finetune", overrides=settings), get_recipe("finetune")
+        ).model.config.gate_text
+        == "all"
+    )
+    config = resolve_config("finetune", overrides=dict(settings, gate_text="prompt"))
+    assert build_starting_point(config, get_recipe("finetune")).model.config.gate_text == "prompt"
+    with pytest.raises(ValueError, match="gate_text must be one of"):
+        resolve_config("finetune", overrides=dict(settings, gate_text="answer"))

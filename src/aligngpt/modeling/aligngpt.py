@@ -207,9 +207,13 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
         attention_mask: torch.Tensor,
         image_mask: torch.Tensor,
         align_mask: torch.Tensor,
+        answer_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Text positions whose embeddings the gate averages: attended, not image, not alignment, not the row's BOS."""
+        """Text positions whose embeddings the gate averages: attended, not image, not alignment, not the row's BOS,
+        and not in ``answer_mask`` ``[B, L]`` (given in training when ``config.gate_text == "prompt"``)."""
         text = attention_mask.bool() & ~image_mask & ~align_mask
+        if answer_mask is not None:
+            text &= ~answer_mask
         bos_id = self.config.text_config.bos_token_id
         if bos_id is not None:
             first = attention_mask.long().argmax(dim=1, keepdim=True)
@@ -249,8 +253,11 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
         alignment_levels: torch.Tensor | None,
         inputs_embeds: torch.Tensor | None,
         prefill: bool,
+        answer_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, BaseModelOutputWithPooling | None]:
-        """:meth:`embed_inputs` plus the image encoder's outputs (``pooler_output``: the projected image tokens)."""
+        """:meth:`embed_inputs` plus the image encoder's outputs (``pooler_output``: the projected image tokens).
+
+        ``answer_mask`` ``[B, L]``: positions the gate's text mean leaves out (see :meth:`_gate_text_mask`)."""
         image_mask, align_mask = self.marker_masks(input_ids, inputs_embeds)
         if inputs_embeds is None:
             legacy = (input_ids < 0) & (image_mask | align_mask)
@@ -292,7 +299,7 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
         rows = torch.nonzero_static(image_rows, size=n_image_rows).squeeze(1)
         if attention_mask is None:
             attention_mask = torch.ones(text_embeds.shape[:2], dtype=torch.long, device=text_embeds.device)
-        text_mask = self._gate_text_mask(input_ids, inputs_embeds, attention_mask, image_mask, align_mask)
+        text_mask = self._gate_text_mask(input_ids, inputs_embeds, attention_mask, image_mask, align_mask, answer_mask)
         counts = text_mask.sum(dim=1, keepdim=True).to(text_embeds.dtype)
         text_sum = (text_embeds * text_mask.unsqueeze(-1).to(text_embeds.dtype)).sum(dim=1)
         text_mean = (text_sum / (counts + 1e-8)).index_select(0, rows)
@@ -318,6 +325,7 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
         alignment_levels: torch.LongTensor | None = None,
         vision_features: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        answer_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> AlignGPTModelOutput | tuple:
         """Multimodal decoder forward.
@@ -331,6 +339,8 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
                 and alignment positions are found by their embedding rows (not possible for legacy negative ids).
             alignment_levels: ``[B]`` level ids; when given the alignment token is ``E[level]`` (stage 1).
             vision_features: ``[n_images, num_image_tokens, d_vision]`` cached tower outputs instead of pixels.
+            answer_mask: ``[B, L]`` bool, positions the gate's mean text embedding leaves out (the answer tokens, in
+                training with ``config.gate_text == "prompt"``).
             return_dict: ``False`` (or ``config.return_dict=False``) returns the non-``None`` output fields as a tuple.
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -354,7 +364,14 @@ class AlignGPTModel(AlignGPTPreTrainedModel):
         unimaged = pixel_values is None and vision_features is None
         prefill = cache is None or cache.get_seq_length() == 0 if unimaged and length > 1 else True
         inputs_embeds, alignment_weights, image_outputs = self._embed(
-            input_ids, attention_mask, pixel_values, vision_features, alignment_levels, inputs_embeds, prefill
+            input_ids,
+            attention_mask,
+            pixel_values,
+            vision_features,
+            alignment_levels,
+            inputs_embeds,
+            prefill,
+            answer_mask,
         )
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -inputs_embeds.shape[1] :]
@@ -540,6 +557,11 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
         if loss_positions not in LOSS_POSITIONS:
             raise ValueError(f"loss_positions must be one of {LOSS_POSITIONS}, got {loss_positions!r}")
         shift_labels = kwargs.pop("shift_labels", None)
+        answer_mask = None
+        if self.config.gate_text == "prompt" and labels is not None:
+            answer_mask = labels != IGNORE_INDEX
+        elif self.config.gate_text == "prompt" and shift_labels is not None:
+            answer_mask = F.pad(shift_labels[:, :-1] != IGNORE_INDEX, (1, 0), value=False)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -550,6 +572,7 @@ class AlignGPTForConditionalGeneration(AlignGPTPreTrainedModel, GenerationMixin)
             alignment_levels=alignment_levels,
             vision_features=vision_features,
             use_cache=use_cache,
+            answer_mask=answer_mask,
             return_dict=True,
             **kwargs,
         )

@@ -14,7 +14,8 @@ AlignGPT's stage 2 from the study's stage-1 model (same data, steps, seed and re
 
 Changes: the study's recipe itself (the reference, measured with the same instruments), the gate's learning rate x10
 and x100 (``--gate-lr-scale``; the official recipe trains it at the LLM's LR), and its initialisation scale (the output
-layer's weights and bias x10 in a copy of the stage-1 model, so the initial logits spread 10x more). Each finished
+layer's weights and bias x10 in a copy of the stage-1 model, so the initial logits spread 10x more), and its input
+(``gate_text="prompt"``: in training the mean text embedding leaves the answer out, as at inference). Each finished
 change is recorded in ``probe.json`` at once (a rerun skips it); ``probe.md`` and ``gate_gradients.png`` summarise.
 """
 
@@ -46,12 +47,13 @@ PROBE_HOLDOUT = 0.5  # share of the images held out to score the nearest-centroi
 
 @dataclass(frozen=True)
 class GateChange:
-    """One stage-2 rerun: the study's recipe with ``gate_lr_scale`` and ``gate_init_scale`` set."""
+    """One stage-2 rerun: the study's recipe with ``gate_lr_scale``, ``gate_init_scale`` and ``gate_text`` set."""
 
     name: str
     description: str
     gate_lr_scale: float = 1.0
     gate_init_scale: float = 1.0  # multiplies the gate's output layer (weights and bias) before stage 2
+    gate_text: str = "all"  # the model's gate_text in stage 2: "prompt" leaves the answer out of the gate's input
 
 
 CHANGES = (
@@ -59,6 +61,7 @@ CHANGES = (
     GateChange("gate-lr-x10", "gate learning rate x 10", gate_lr_scale=10.0),
     GateChange("gate-lr-x100", "gate learning rate x 100", gate_lr_scale=100.0),
     GateChange("init-x10", "gate output layer initialised x 10", gate_init_scale=10.0),
+    GateChange("prompt-input", "gate input from the prompt only in training, as at inference", gate_text="prompt"),
 )
 
 
@@ -279,6 +282,7 @@ def run_probe(study_dir: Path, out: Path, seeds: list[int], changes: tuple[GateC
             settings = stage2_settings(preset, study_dir, world, ALIGNGPT, seed, progress=False)
             settings["output_dir"] = str(out / "runs" / name)
             settings["gate_lr_scale"] = change.gate_lr_scale
+            settings["gate_text"] = change.gate_text
             if change.gate_init_scale != 1.0:
                 start = out / "stage1" / f"seed{seed}-gate-init-x{change.gate_init_scale:g}"
                 if not (start / "model.safetensors").is_file():

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from aligngpt.config import GATE_TEXT_SPANS, IMAGE_ASPECT_RATIOS
+from aligngpt.data.constants import ON_BAD_RECORD
 from aligngpt.training.recipes import get_recipe
 
 RESOLVED_CONFIG_NAME = "train_config.yaml"
@@ -64,6 +66,12 @@ class TrainConfig:
     )
     alignment_mode: str | None = _opt(
         "adaptive (paper), global, local, uniform, fixed:<k> or none (LLaVA-1.5 baseline).", None, "model"
+    )
+    gate_text: str | None = _opt(
+        "Text the gate averages in training: all (official: prompt and answer) or prompt (the answer left out, as "
+        "at inference); default: the model's (all for new models).",
+        None,
+        "model",
     )
     num_alignment_levels: int = _opt("Rows N of the level table (new models).", 8, "model")
     projector_type: str = _opt("linear, identity or mlp<N>x_gelu (new models).", "mlp2x_gelu", "model")
@@ -196,10 +204,12 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError("choose resume (continue the run in output_dir) or restart (start it over), not both")
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
-    if config.on_bad_record not in ("error", "skip"):
-        raise ValueError(f"on_bad_record must be error or skip, got {config.on_bad_record!r}")
-    if config.image_aspect_ratio not in ("pad", "square"):
-        raise ValueError(f"image_aspect_ratio must be pad or square, got {config.image_aspect_ratio!r}")
+    if config.on_bad_record not in ON_BAD_RECORD:
+        raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {config.on_bad_record!r}")
+    if config.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+        raise ValueError(f"image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, got {config.image_aspect_ratio!r}")
+    if config.gate_text is not None and config.gate_text not in GATE_TEXT_SPANS:
+        raise ValueError(f"gate_text must be one of {GATE_TEXT_SPANS}, got {config.gate_text!r}")
     if config.length_group_steps < 1:
         raise ValueError(f"length_group_steps must be >= 1, got {config.length_group_steps}")
     if config.length_group_steps > 1 and not config.group_by_modality_length:

@@ -49,6 +49,8 @@ def _build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
     level_table_trained = False
     if config.model is not None:
         overrides = {"alignment_mode": config.alignment_mode} if config.alignment_mode else {}
+        if config.gate_text:
+            overrides["gate_text"] = config.gate_text
         model, info = AlignGPTForConditionalGeneration.from_pretrained(
             config.model, output_loading_info=True, **overrides
         )
@@ -68,6 +70,8 @@ def _build_starting_point(config: TrainConfig, recipe: Recipe) -> StartingPoint:
         )
         if config.chat_template_name:
             model_kwargs["chat_template_name"] = config.chat_template_name
+        if config.gate_text:
+            model_kwargs["gate_text"] = config.gate_text
         # The markers become tokens of the LLM's tokenizer; the model's vocabulary grows to cover them.
         image_id, alignment_id = add_marker_tokens(load_tokenizer(config.llm))
         model_kwargs.update(image_token_id=image_id, alignment_token_id=alignment_id)
