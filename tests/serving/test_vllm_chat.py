@@ -11,7 +11,8 @@ import pytest
 
 from aligngpt.processing import AlignGPTProcessor
 from aligngpt.processing.templates import IMAGE_PLACEHOLDER, TEMPLATES, Segment, get_template
-from tests.serving.vllm_env import run_in_vllm_env, tiny_vllm_model_dir, vllm_env_run
+from tests.serving.models import tiny_vllm_model_dir
+from tests.serving.vllm_env import run_in_vllm_env, vllm_env_run
 
 QUESTION, ANSWER, FOLLOW_UP = "What is in the picture?", "A red car.", "Which color is it?"
 IMAGE_TEXT = f"{IMAGE_PLACEHOLDER}\n{QUESTION}"

@@ -15,14 +15,8 @@ import torch
 from PIL import Image
 
 from aligngpt.processing.templates import Segment
-from tests.serving.vllm_env import (
-    GATE_SCALE,
-    LEVEL_SCALE,
-    make_images,
-    run_in_vllm_env,
-    sharpen_alignment,
-    tiny_vllm_model_dir,
-)
+from tests.serving.models import tiny_vllm_model_dir
+from tests.serving.vllm_env import GATE_SCALE, LEVEL_SCALE, make_images, run_in_vllm_env, sharpen_alignment
 
 MAX_NEW_TOKENS = 12
 MODES = ("adaptive", "local", "global", "uniform", "fixed:2", "none")

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from tests.helpers import OFFICIAL, REPO_ROOT, subprocess_env
+from tests.serving.models import VLLM_HEAD_SIZE
 
 RUNNERS = REPO_ROOT / "serving" / "vllm" / "tests"
 VLLM_TIMEOUT_S = 900
@@ -28,8 +29,6 @@ VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOK
 # and level rows as large as the token embeddings.
 GATE_SCALE = 40.0
 LEVEL_SCALE = 4.0
-# vLLM's CPU attention has kernels for head sizes 32, 64, 80, ... but not 16 (the official fixture's).
-VLLM_HEAD_SIZE = 64
 OFFICIAL_FINETUNE = OFFICIAL / "checkpoints" / "aligngpt_tiny_finetune"
 OFFICIAL_TOWER = OFFICIAL / "clip_vision_tiny"
 
@@ -58,33 +57,6 @@ def run_in_vllm_env(script: str, *args: str) -> None:
     """Run ``serving/vllm/tests/<script>`` in the vLLM environment; fails with its output."""
     done = vllm_env_run(str(RUNNERS / script), *args)
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
-
-
-def tiny_vllm_model_dir(path: Path) -> Path:
-    """The tests' tiny AlignGPT, saved by aligngpt, with a LLaMA of head size 64."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from aligngpt.modeling import build_from_pretrained_parts
-    from aligngpt.processing import AlignGPTProcessor, load_image_processor, load_tokenizer
-    from tests.helpers import tiny_clip_vision_dir
-
-    vision_dir = tiny_clip_vision_dir(path / "parts" / "clip")
-    llm_dir = path / "parts" / "llama"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=1000, hidden_size=VLLM_HEAD_SIZE, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=1, num_key_value_heads=1, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        initializer_range=0.1,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(llm_dir)
-    load_tokenizer(OFFICIAL / "base_llm").save_pretrained(llm_dir)
-    torch.manual_seed(0)
-    model = build_from_pretrained_parts(vision_dir, llm_dir)
-    processor = AlignGPTProcessor.from_config(model.config, load_tokenizer(llm_dir), load_image_processor(vision_dir))
-    out = path / "model"
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
 
 
 def converted_official_dir(path: Path) -> Path:
