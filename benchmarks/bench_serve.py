@@ -14,9 +14,12 @@ Exits with status 1 if any request failed.
 With ``--vllm-python PATH`` (the vLLM environment's Python, e.g. ``.venv-vllm/bin/python``; see
 scripts/build-vllm-env.sh) the second run is vLLM's OpenAI server with the aligngpt plugin on the same model instead
 of batches of one, and the ratio is vLLM / aligngpt (throughput) plus both p50/p95; the default tiny model then has
-a head size of 64 (vLLM's CPU attention has no kernel for the usual tiny model's 16):
+a head size of 64 (vLLM's CPU attention has no kernel for the usual tiny model's 16), and ``--size`` picks a larger
+random LLaMA (``small``: 512 wide, 8 layers; ``medium``: 1024 wide, 12 layers). vLLM runs ``aligngpt_vllm.serve``
+(what ``aligngpt serve --engine vllm`` runs), eager; both servers in ``--dtype`` (float32):
 
-    HF_HUB_OFFLINE=1 python benchmarks/bench_serve.py --clients 16 --requests 4 --vllm-python .venv-vllm/bin/python
+    HF_HUB_OFFLINE=1 python benchmarks/bench_serve.py --clients 16 --requests 4 --vllm-python .venv-vllm/bin/python \
+        [--size small]
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 600
-VLLM_CHAT_TEMPLATE = REPO_ROOT / "serving" / "vllm" / "aligngpt_vllm" / "chat_templates" / "vicuna_v1.jinja"
+# --size: the random LLaMA of the built model (hidden size, MLP width, layers; heads of 64): "tiny" is the tests' model,
+# where per-step overheads dominate; the larger ones make the model's own compute matter.
+SIZES = {"tiny": (64, 128, 2), "small": (512, 1408, 8), "medium": (1024, 2816, 12)}
 VLLM_KV_CACHE_GIB = "2"  # vLLM's CPU backend otherwise reserves nearly all free memory
 HTTP_OK = 200
 MAX_CLIENTS = 64
@@ -101,9 +106,8 @@ class ServerProcess:
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         if vllm_python:
             self.command = [
-                vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-                "--served-model-name", "bench", "--tokenizer-mode", "aligngpt", "--chat-template",
-                str(VLLM_CHAT_TEMPLATE), "--host", HOST, "--port", str(self.port), "--enforce-eager",
+                vllm_python, "-m", "aligngpt_vllm.serve", "--model", str(model_dir), "--served-model-name", "bench",
+                "--host", HOST, "--port", str(self.port), "--dtype", args.dtype, "--enforce-eager",
                 "--max-num-seqs", str(max(16, args.clients)), "--uvicorn-log-level", "warning",
             ]  # fmt: skip
             self.env = {**self.env, "VLLM_CPU_KVCACHE_SPACE": VLLM_KV_CACHE_GIB, "VLLM_LOGGING_LEVEL": "WARNING"}
@@ -114,7 +118,7 @@ class ServerProcess:
             sys.executable, "-m", "aligngpt.cli", "serve", "--model", str(model_dir), "--host", HOST,
             "--port", str(self.port), "--model-name", "bench", "--max-batch-size", str(batch_size),
             "--max-queue", str(max(64, 2 * args.clients)), "--batch-wait-ms", str(args.batch_wait_ms),
-            "--log-level", "warning",
+            "--dtype", args.dtype, "--log-level", "warning",
         ]  # fmt: skip
         if args.threads:
             self.command += ["--threads", str(args.threads)]
@@ -220,6 +224,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="server torch threads (0: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--vllm-python", help="compare with vLLM's server run by this Python (the vLLM venv's)")
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="tiny",
+        help="LLaMA of the built model: tiny 64x2, small 512x8, medium 1024x12 (heads of 64)",
+    )
+    parser.add_argument("--dtype", default="float32", help="both servers' dtype")
     args = parser.parse_args()
     if not 1 <= args.clients <= MAX_CLIENTS:
         parser.error(f"--clients must be between 1 and {MAX_CLIENTS}")
@@ -230,9 +241,12 @@ def main() -> int:
         else:
             sys.path.insert(0, str(REPO_ROOT))
             from tests.helpers import tiny_model_dir
-            from tests.serving.test_vllm_plugin import tiny_vllm_model_dir
+            from tests.serving.models import LlamaSize, tiny_vllm_model_dir
 
-            model_dir = (tiny_vllm_model_dir if args.vllm_python else tiny_model_dir)(Path(tmp))
+            if args.vllm_python or args.size != "tiny":
+                model_dir = tiny_vllm_model_dir(Path(tmp), LlamaSize(*SIZES[args.size]))
+            else:
+                model_dir = tiny_model_dir(Path(tmp))
         batched = benchmark(model_dir, args, args.max_batch_size, f"batched (max {args.max_batch_size})")
         if args.vllm_python:
             single = benchmark(model_dir, args, 0, "vLLM (plugin)", args.vllm_python)
@@ -241,8 +255,9 @@ def main() -> int:
 
     rows = [batched.summary(), single.summary()]
     ratio = rows[0]["requests_per_s"] / rows[1]["requests_per_s"] if rows[1]["requests_per_s"] else float("nan")
-    print(f"{args.clients} clients x {args.requests} requests, {args.max_tokens} new tokens each, "
-          f"server torch threads: {args.threads or 'default'}")  # fmt: skip
+    model = args.model or f"random {args.size} model"
+    print(f"{model}, {args.dtype}: {args.clients} clients x {args.requests} requests, {args.max_tokens} new tokens "
+          f"each, aligngpt server torch threads: {args.threads or 'default'}")  # fmt: skip
     header = f"{'mode':<22}{'ok':>5}{'fail':>6}{'req/s':>9}{'tok/s':>9}{'p50 s':>8}{'p95 s':>8}{'batches':>9}{'max':>5}"
     print(header)
     for row in rows:

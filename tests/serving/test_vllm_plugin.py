@@ -1,16 +1,13 @@
 """The vLLM plugin (serving/vllm) against aligngpt's own ``generate``: float32 greedy token ids must be equal.
 
-vLLM lives in its own environment (scripts/build-vllm-env.sh): these tests compute the reference here and run
-serving/vllm/tests/run_cases.py with that environment's Python (``ALIGNGPT_VLLM_PYTHON``, default
-``.venv-vllm/bin/python``). Without it they are skipped, unless ``ALIGNGPT_REQUIRE_VLLM=1`` (CI's vLLM step).
+The reference is computed here; serving/vllm/tests/run_cases.py runs the same cases through vLLM in the vLLM
+environment (see tests/serving/vllm_env.py; skipped without it).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,30 +15,11 @@ import torch
 from PIL import Image
 
 from aligngpt.processing.templates import Segment
-from tests.helpers import REPO_ROOT, subprocess_env
+from tests.serving.models import tiny_vllm_model_dir
+from tests.serving.vllm_env import GATE_SCALE, LEVEL_SCALE, make_images, run_in_vllm_env, sharpen_alignment
 
-RUNNER = REPO_ROOT / "serving" / "vllm" / "tests" / "run_cases.py"
 MAX_NEW_TOKENS = 12
-VLLM_TIMEOUT_S = 900
-# vLLM's CPU backend otherwise reserves nearly all free memory for its KV cache (21 GiB of 24 seen here).
-VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
-# Scales that make the alignment token decide the tiny random model's greedy tokens: a peaked, text-dependent gate
-# and level rows as large as the token embeddings.
-GATE_SCALE = 40.0
-LEVEL_SCALE = 4.0
 MODES = ("adaptive", "local", "global", "uniform", "fixed:2", "none")
-
-
-def vllm_python() -> Path | None:
-    path = Path(os.environ.get("ALIGNGPT_VLLM_PYTHON", REPO_ROOT / ".venv-vllm" / "bin" / "python"))
-    if path.is_file():
-        return path
-    if os.environ.get("ALIGNGPT_REQUIRE_VLLM") == "1":
-        pytest.fail(f"ALIGNGPT_REQUIRE_VLLM=1 but {path} does not exist (scripts/build-vllm-env.sh builds it)")
-    pytest.skip(f"no vLLM environment at {path} (scripts/build-vllm-env.sh builds it)", allow_module_level=True)
-
-
-VLLM_PYTHON = vllm_python()
 
 PROMPTS = {
     "image_first": "USER: <image>\nWhat is in the picture? ASSISTANT:",
@@ -51,53 +29,6 @@ PROMPTS = {
     "same_image_other_question": "USER: <image>\nIs it blue? ASSISTANT:",
 }
 IMAGES = {"image_first": "wide", "image_last": "tall", "image_first_long": "wide", "same_image_other_question": "wide"}
-
-
-def tiny_vllm_model_dir(path: Path) -> Path:
-    """The tests' tiny AlignGPT with a LLaMA of head size 64 (vLLM's CPU attention has no kernel for 16)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from aligngpt.modeling import build_from_pretrained_parts
-    from aligngpt.processing import AlignGPTProcessor, load_image_processor, load_tokenizer
-    from tests.helpers import OFFICIAL, tiny_clip_vision_dir
-
-    vision_dir = tiny_clip_vision_dir(path / "parts" / "clip")
-    llm_dir = path / "parts" / "llama"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
-        num_key_value_heads=1, bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(llm_dir)
-    load_tokenizer(OFFICIAL / "base_llm").save_pretrained(llm_dir)
-    torch.manual_seed(0)
-    model = build_from_pretrained_parts(vision_dir, llm_dir)
-    processor = AlignGPTProcessor.from_config(model.config, load_tokenizer(llm_dir), load_image_processor(vision_dir))
-    out = path / "model"
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
-def sharpen_alignment(model_dir: Path, gate_scale: float, level_scale: float) -> None:
-    """Rescale the gate's last layer and the level table of a saved folder in place."""
-    from safetensors.torch import load_file, save_file
-
-    path = model_dir / "model.safetensors"
-    weights = load_file(path)
-    weights["alignment.gate.2.weight"] = weights["alignment.gate.2.weight"] * gate_scale
-    weights["alignment.level_embeddings"] = weights["alignment.level_embeddings"] * level_scale
-    save_file(weights, path, metadata={"format": "pt"})
-
-
-def make_images(folder: Path) -> dict[str, Path]:
-    generator = torch.Generator().manual_seed(0)
-    paths = {}
-    for name, size in (("wide", (40, 24)), ("tall", (18, 36))):
-        pixels = (torch.rand(size[1], size[0], 3, generator=generator) * 255).to(torch.uint8).numpy()
-        paths[name] = folder / f"{name}.png"
-        Image.fromarray(pixels).save(paths[name])
-    return paths
 
 
 def reference(model_dir: Path, cases: list[dict], batches: list[list[str]]) -> dict:
@@ -140,13 +71,7 @@ def run_vllm(model_dir: Path, cases: list[dict], batches: list[list[str]], work:
     spec = work / f"cases-{model_dir.name}.json"
     out = work / f"vllm-{model_dir.name}.json"
     spec.write_text(json.dumps({"max_new_tokens": MAX_NEW_TOKENS, "cases": cases, "batches": batches}))
-    env = {key: value for key, value in subprocess_env().items() if key != "PYTHONPATH"}
-    done = subprocess.run(
-        [str(VLLM_PYTHON), str(RUNNER), "--model", str(model_dir), "--cases", str(spec), "--out", str(out)],
-        env={**env, **VLLM_ENV},
-        capture_output=True, text=True, timeout=VLLM_TIMEOUT_S,
-    )  # fmt: skip
-    assert done.returncode == 0, f"vLLM run failed:\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
+    run_in_vllm_env("run_cases.py", "--model", str(model_dir), "--cases", str(spec), "--out", str(out))
     return json.loads(out.read_text())
 
 

@@ -1,22 +1,20 @@
 """``python -m aligngpt_vllm.serve --model FOLDER [--template NAME] [vLLM server options...]``: vLLM's OpenAI server
-with aligngpt's defaults: ``--tokenizer-mode aligngpt`` and the chat template of the folder's ``chat_template_name``
-(or ``--template``), from the templates shipped with the plugin. Every other option goes to vLLM unchanged."""
+with aligngpt's defaults: ``--tokenizer-mode aligngpt``, the chat template saved in the folder (its default one, or
+``--template NAME``: ``additional_chat_templates/NAME.jinja``) and that template's stop strings on every chat
+request (:mod:`aligngpt_vllm.middleware`). Every other option goes to vLLM unchanged."""
 
 from __future__ import annotations
 
-import json
+import os
 import runpy
 import sys
 from pathlib import Path
 
+from aligngpt_vllm.chat import DEFAULTS_ENV, ChatDefaults, template_file, template_stop_strings
 from aligngpt_vllm.tokenizer import TOKENIZER_MODE
 
-TEMPLATES = Path(__file__).parent / "chat_templates"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-
-
-def available_templates() -> list[str]:
-    return sorted(path.stem for path in TEMPLATES.glob("*.jinja"))
+MIDDLEWARE = "aligngpt_vllm.middleware.ChatDefaultsMiddleware"
 
 
 def _option(argv: list[str], name: str) -> str | None:
@@ -28,30 +26,36 @@ def _option(argv: list[str], name: str) -> str | None:
     return None
 
 
-def server_argv(argv: list[str]) -> list[str]:
-    """vLLM's arguments: ``argv`` without ``--template``, plus the tokenizer mode and the chat template file."""
+def server_argv(argv: list[str]) -> tuple[list[str], Path]:
+    """vLLM's arguments (``argv`` without ``--template``, plus the tokenizer mode, the chat template file and the
+    middleware, unless given) and the chat template file."""
     model = _option(argv, "--model")
     if model is None:
         raise SystemExit("error: --model FOLDER is required")
-    template = _option(argv, "--template")
     rest = [arg for index, arg in enumerate(argv) if not _is_template_arg(argv, index)]
-    if template is None:
-        config = Path(model) / "config.json"
-        try:
-            template = json.loads(config.read_text()).get("chat_template_name", "vicuna_v1")
-        except (OSError, ValueError) as err:
-            raise SystemExit(f"error: cannot read {config}: {err}") from None
-    path = TEMPLATES / f"{template}.jinja"
-    if not path.is_file():
-        raise SystemExit(
-            f"error: no vLLM chat template for {template!r}; available: {', '.join(available_templates())}"
-        )
+    given = _option(rest, "--chat-template")
+    try:
+        path = Path(given) if given is not None else template_file(Path(model), _option(argv, "--template"))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     extra = []
     if _option(rest, "--tokenizer-mode") is None:
         extra += ["--tokenizer-mode", TOKENIZER_MODE]
-    if _option(rest, "--chat-template") is None:
+    if given is None:
         extra += ["--chat-template", str(path)]
-    return rest + extra
+    return [*rest, *extra, "--middleware", MIDDLEWARE], path
+
+
+def chat_defaults(model: Path, template: Path) -> ChatDefaults:
+    """The stop strings of ``template``; those that are one token of the folder's tokenizer also as token ids."""
+    from transformers import AutoTokenizer
+
+    try:
+        source = template.read_text()
+    except OSError as err:
+        raise SystemExit(f"error: cannot read {template}: {err}") from None
+    vocab = AutoTokenizer.from_pretrained(model).get_vocab()
+    return ChatDefaults.from_stops(template_stop_strings(source), vocab)
 
 
 def _is_template_arg(argv: list[str], index: int) -> bool:
@@ -60,7 +64,10 @@ def _is_template_arg(argv: list[str], index: int) -> bool:
 
 
 def main() -> None:
-    sys.argv = [SERVER_MODULE, *server_argv(sys.argv[1:])]
+    argv, template = server_argv(sys.argv[1:])
+    model = Path(_option(argv, "--model"))
+    os.environ[DEFAULTS_ENV] = chat_defaults(model, template).to_env()
+    sys.argv = [SERVER_MODULE, *argv]
     runpy.run_module(SERVER_MODULE, run_name="__main__", alter_sys=True)
 
 

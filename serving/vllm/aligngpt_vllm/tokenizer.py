@@ -3,8 +3,9 @@
 aligngpt tokenises the text around ``<image>`` chunk by chunk (each chunk on its own, one BOS in front), which is
 what the official code and the released checkpoints' training data did; a whole-string encode can differ at the
 chunk boundaries (e.g. a SentencePiece word-start piece after the image). It also applies the legacy-SentencePiece
-fix of ``aligngpt.processing.tokenizer`` at load time. This mode makes vLLM's prompts (plain prompts and rendered
-chat templates) get exactly aligngpt's ids.
+fix of ``aligngpt.processing.tokenizer`` at load time, and puts one BOS in front of a rendered chat template, as the
+processor does. This mode makes vLLM's prompts (plain prompts and rendered chat templates) get exactly aligngpt's
+ids.
 """
 
 from __future__ import annotations
@@ -87,6 +88,22 @@ def make_chunkwise(tokenizer, load_args: tuple):
                 ids = self._chunkwise(text, add_special_tokens)
                 return BatchEncoding({"input_ids": ids, "attention_mask": [1] * len(ids)})
             return super().__call__(text, *args, add_special_tokens=add_special_tokens, **kwargs)
+
+        def apply_chat_template(self, conversation, *args, tokenize: bool = True, return_dict: bool = True, **kwargs):
+            """The template's text with one BOS in front, as aligngpt's processor tokenises a rendered chat
+            (aligngpt's templates emit none); tokenised chunk by chunk."""
+            text = super().apply_chat_template(conversation, *args, tokenize=False, **kwargs)
+            if not isinstance(text, str):  # a batch of conversations
+                return super().apply_chat_template(
+                    conversation, *args, tokenize=tokenize, return_dict=return_dict, **kwargs
+                )
+            bos_text = self.bos_token
+            if bos_id is not None and bos_text and not text.startswith(bos_text):
+                text = bos_text + text
+            if not tokenize:
+                return text
+            ids = self._chunkwise(text, add_special_tokens=False)
+            return BatchEncoding({"input_ids": ids, "attention_mask": [1] * len(ids)}) if return_dict else ids
 
         def __reduce__(self):
             return _load, load_args

@@ -238,7 +238,10 @@ def vllm_command(
     python: Path, model: str, host: str, port: int, api_key: str | None, model_name: str | None,
     template: str | None, dtype: str | None,
 ) -> list[str]:  # fmt: skip
-    """The ``aligngpt_vllm.serve`` command line (vLLM's server with aligngpt's tokenizer mode and chat template)."""
+    """The ``aligngpt_vllm.serve`` command line (vLLM's server with aligngpt's tokenizer mode, the chat template saved
+    in the folder and its stop strings); a template alias is passed as the name it stands for."""
+    from aligngpt.processing.templates import resolve_template_name
+
     command = [
         str(python), "-m", "aligngpt_vllm.serve", "--model", str(model), "--host", host, "--port", str(port),
         "--served-model-name", model_name or Path(model).resolve().name,
@@ -246,7 +249,7 @@ def vllm_command(
     if api_key:
         command += ["--api-key", api_key]
     if template:
-        command += ["--template", template]
+        command += ["--template", resolve_template_name(template)]
     if dtype:
         command += ["--dtype", dtype]
     return command
