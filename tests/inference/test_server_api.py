@@ -312,9 +312,9 @@ def _post_in_thread(client, payload, results, key):
 
 
 def _scheduler(runner, **kwargs):
-    from aligngpt.inference.server.app import _report_error
+    from aligngpt.inference.server.dispatch import report_error
 
-    return BatchScheduler(runner, _report_error, **kwargs)
+    return BatchScheduler(runner, report_error, **kwargs)
 
 
 def test_concurrent_requests_are_batched_and_match_single_answers(pipeline, red_data_url):

@@ -207,7 +207,7 @@ def serve(
     import uvicorn
 
     from aligngpt.inference.server import ServerConfig, create_app
-    from aligngpt.inference.server.app import MIB
+    from aligngpt.inference.server.config import MIB
 
     for folder in allow_dir or []:
         if not folder.is_dir():
