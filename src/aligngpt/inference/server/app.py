@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from aligngpt.inference.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, ImagePolicy, load_image
+from aligngpt.inference.images import DEFAULT_MAX_BYTES, REQUEST_MAX_PIXELS, ImageError, ImagePolicy, load_image
 from aligngpt.inference.pipeline import AlignGPTPipeline, GenerationSettings
 from aligngpt.inference.server.errors import APIError, install_error_handlers
 from aligngpt.inference.server.scheduler import BatchScheduler, QueueFull
@@ -46,7 +46,7 @@ class ServerConfig:
     allow_remote_images: bool = False
     max_body_bytes: int = 32 * MIB
     max_image_bytes: int = DEFAULT_MAX_BYTES
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_pixels: int = REQUEST_MAX_PIXELS
     max_prompt_tokens: int | None = None
     max_tokens_limit: int = 1024
     default_max_tokens: int = 512
