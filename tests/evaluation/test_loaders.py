@@ -8,9 +8,10 @@ import pytest
 from eval_helpers import fixture_dir, predictions_path
 
 from aligngpt.evaluation.benchmarks import PAPER_BENCHMARKS, get_benchmark
-from aligngpt.evaluation.benchmarks.base import MULTIPLE_CHOICE_SUFFIX, MULTIPLE_CHOICE_SUFFIX_CN, SHORT_ANSWER_SUFFIX
+from aligngpt.evaluation.benchmarks.base import MULTIPLE_CHOICE_SUFFIX, MULTIPLE_CHOICE_SUFFIX_CN
 from aligngpt.evaluation.items import answer_record
 from aligngpt.fileio import MissingDataError
+from aligngpt.prompts import SHORT_ANSWER_INSTRUCTION
 
 LOADER_FIXTURES = ["vqav2", "gqa", "vizwiz", "scienceqa_img", "textvqa", "pope", "mme", "mmbench", "seed_bench",
                    "llava_bench_in_the_wild", "mm_vet"]  # fmt: skip
@@ -63,11 +64,11 @@ def test_prompts_never_hold_the_image_placeholder():
 
 def test_short_answer_and_vizwiz_suffixes():
     pope = get_benchmark("pope").load(fixture_dir("pope") / "inputs")
-    assert all(i.prompt.endswith("\n" + SHORT_ANSWER_SUFFIX) for i in pope)
+    assert all(i.prompt.endswith("\n" + SHORT_ANSWER_INSTRUCTION) for i in pope)
     assert pope[0].image == fixture_dir("pope") / "inputs" / "val2014" / "COCO_val2014_000000310196.jpg"
     vizwiz = get_benchmark("vizwiz").load(fixture_dir("vizwiz") / "inputs")
     assert vizwiz[0].prompt.endswith(
-        "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT_ANSWER_SUFFIX
+        "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT_ANSWER_INSTRUCTION
     )
     textvqa = get_benchmark("textvqa").load(fixture_dir("textvqa") / "inputs")
     assert textvqa[0].prompt.split("\n")[1].startswith("Reference OCR token: ")

@@ -7,7 +7,6 @@ from typing import Literal, get_args
 
 DEFAULT_LEVEL_FIELD = "similarity"  # the official pre-training file's level field
 DEFAULT_NUM_LEVELS = 8
-IMAGE_TOKEN = "<image>"
 Stage = Literal["pretrain", "finetune"]
 STAGES: tuple[str, ...] = get_args(Stage)
 ON_BAD_RECORD: tuple[str, ...] = ("error", "skip")

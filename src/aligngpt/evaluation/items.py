@@ -12,8 +12,6 @@ from typing import Any
 
 from aligngpt.fileio import BadRecordError
 
-IMAGE_PLACEHOLDER = "<image>"
-
 
 @dataclass
 class EvalItem:

@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aligngpt.inference.server.errors import APIError
-from aligngpt.processing import IMAGE_PLACEHOLDER, ChatTemplate, Message
+from aligngpt.processing import IMAGE_TOKEN as IMAGE_PLACEHOLDER
+from aligngpt.processing import ChatTemplate, Message
 
 MAX_STOP_STRINGS = 4
 MAX_TEMPERATURE = 2.0
