@@ -9,7 +9,6 @@ from eval_helpers import fixture_dir, predictions_path
 
 from aligngpt.evaluation.benchmarks import PAPER_BENCHMARKS, get_benchmark
 from aligngpt.evaluation.benchmarks.base import MULTIPLE_CHOICE_SUFFIX, MULTIPLE_CHOICE_SUFFIX_CN
-from aligngpt.evaluation.items import answer_record
 from aligngpt.fileio import MissingDataError
 from aligngpt.prompts import SHORT_ANSWER_INSTRUCTION
 
@@ -43,7 +42,7 @@ def test_answer_records_carry_the_official_prompt(name):
     checked = 0
     for answer in _answers(name):
         candidates = by_id.get(answer["question_id"], [])
-        matching = [i for i in candidates if answer_record(i, "x", "m")["prompt"] == answer["prompt"]]
+        matching = [i for i in candidates if i.task().record("x", "m", {})["prompt"] == answer["prompt"]]
         if candidates:
             assert matching, f"{name} {answer['question_id']}: {answer['prompt']!r}"
             checked += 1
@@ -78,8 +77,8 @@ def test_scienceqa_text_only_items_have_no_image():
     items = {i.question_id: i for i in get_benchmark("sqa").load(fixture_dir("scienceqa_img") / "inputs")}
     assert items["4"].image is None and items["11"].image is not None
     assert items["11"].prompt.endswith("\nD. Vermont\n" + MULTIPLE_CHOICE_SUFFIX)
-    assert answer_record(items["11"], "B", "m")["prompt"].startswith("<image>\nWhat is the name")
-    assert not answer_record(items["4"], "B", "m")["prompt"].startswith("<image>")
+    assert items["11"].task().record("B", "m", {})["prompt"].startswith("<image>\nWhat is the name")
+    assert not items["4"].task().record("B", "m", {})["prompt"].startswith("<image>")
 
 
 def test_mmbench_prompt_hint_options_and_image():
@@ -91,7 +90,7 @@ def test_mmbench_prompt_hint_options_and_image():
     )
     assert first.image is None and first.has_image
     assert first.open_image().size == (1, 1)
-    record = answer_record(first, "D", "m")
+    record = first.task().record("D", "m", {})
     assert list(record)[:4] == ["question_id", "round_id", "prompt", "text"]
     assert record["options"] == ["Oil Painting", "Sketch", "Digital art", "Photo"]
     three_options = [i for i in items if i.question_id == 103][0]
