@@ -10,7 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from aligngpt.cli import app
-from aligngpt.evaluation.runner import ANSWERS_FILE, read_answered, run_evaluation
+from aligngpt.evaluation.runner import ANSWERS_FILE, run_evaluation
+from aligngpt.inference.answers import AnswersChangedError, partial_path, read_answers
 from tests.helpers import FIXTURES, clean_failure, fill_disk_for, tiny_model_dir
 
 
@@ -35,7 +36,7 @@ def pope_root(tmp_path):
 def test_eval_generates_scores_and_resumes(model_dir, pope_root, tmp_path):
     out = tmp_path / "out"
     metrics = run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=4)
-    answers = read_answered(out / "pope" / ANSWERS_FILE)
+    answers = read_answers(out / "pope" / ANSWERS_FILE)
     assert [a["question_id"] for a in answers] == list(range(1, 13))
     assert all(len(a["metadata"]["alignment_weights"]) == 7 for a in answers)
     assert "adversarial" in json.dumps(metrics["pope"])
@@ -44,20 +45,26 @@ def test_eval_generates_scores_and_resumes(model_dir, pope_root, tmp_path):
     assert results["model"]["sha256"] and results["data"]["sha256"]
     assert (out / "summary.md").read_text().startswith("# Evaluation of model")
 
-    # A killed run leaves a torn last line: a rerun cuts it and answers the missing questions only.
+    # A killed run leaves a partial file with a torn last line: a rerun cuts it and answers the missing questions
+    # only, and the finished file is the same, byte for byte, as the uninterrupted run's.
     path = out / "pope" / ANSWERS_FILE
+    complete = path.read_bytes()
     lines = path.read_text().splitlines(keepends=True)
-    path.write_text("".join(lines[:5]) + lines[5][:17])
+    path.unlink()
+    partial_path(path).write_text("".join(lines[:5]) + lines[5][:17])
     run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=4)
-    resumed = read_answered(path)
-    assert [a["question_id"] for a in resumed] == list(range(1, 13))
-    assert [a["text"] for a in resumed] == [a["text"] for a in answers]  # greedy, batch-independent
+    assert path.read_bytes() == complete and not partial_path(path).exists()
+    assert json.loads((out / "pope" / "results.json").read_text())["n_generated_this_run"] == 7
 
-    # Answers of another model are never resumed: they are set aside and regenerated.
-    run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=3)
-    assert (out / "pope" / "answers.stale.jsonl").is_file()
-    assert len(read_answered(path)) == 12
-    assert json.loads((out / "pope" / "answers.run.json").read_text())["max_new_tokens"] == 3
+    # Answers of other settings are never resumed: the rerun is refused, saying what changed; nothing is lost.
+    with pytest.raises(AnswersChangedError, match="max_new_tokens: 4 -> 3"):
+        run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=3)
+    assert path.read_bytes() == complete
+    assert json.loads((out / "pope" / "answers.run.json").read_text())["max_new_tokens"] == 4
+    # A smaller --limit would score answers the run does not ask for: refused too.
+    with pytest.raises(AnswersChangedError, match=r"answers to 8 question\(s\) this run does not ask"):
+        run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=4, max_new_tokens=4)
+    assert path.read_bytes() == complete
 
 
 def test_resume_drops_only_a_torn_last_line_even_when_it_parses(model_dir, pope_root, tmp_path):
@@ -66,21 +73,32 @@ def test_resume_drops_only_a_torn_last_line_even_when_it_parses(model_dir, pope_
     out = tmp_path / "out"
     run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=4)
     path = out / "pope" / ANSWERS_FILE
+    complete = path.read_bytes()
     lines = path.read_text().splitlines(keepends=True)
-    path.write_text("".join(lines[:7]) + lines[7].rstrip("\n"))
+    path.unlink()
+    partial_path(path).write_text("".join(lines[:7]) + lines[7].rstrip("\n"))
     run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=4)
-    resumed = path.read_text().splitlines(keepends=True)
-    assert resumed[:7] == lines[:7]  # kept byte for byte (answer ids included)
-    assert [json.loads(line)["question_id"] for line in resumed] == list(range(1, 13))
+    assert path.read_bytes() == complete  # kept byte for byte (answer ids included), the rest redone identically
     assert json.loads((out / "pope" / "results.json").read_text())["n_generated_this_run"] == 5
 
-    # A damaged complete line (e.g. two answers glued by an older version) costs only that line.
+    # A damaged complete line (e.g. two answers glued by an older version) costs only those answers.
+    resumed = path.read_text().splitlines(keepends=True)
     path.write_text("".join(resumed[:3]) + resumed[3].rstrip("\n") + resumed[4] + "".join(resumed[5:]))
     run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=12, max_new_tokens=4)
-    again = path.read_text().splitlines(keepends=True)
-    assert again[:3] == resumed[:3] and again[3:10] == resumed[5:]
-    assert sorted(json.loads(line)["question_id"] for line in again) == list(range(1, 13))
+    assert path.read_bytes() == complete
     assert json.loads((out / "pope" / "results.json").read_text())["n_generated_this_run"] == 2
+
+
+def test_two_runs_write_the_same_bytes(model_dir, pope_root, tmp_path):
+    """Answer ids are derived from the model and the question, so a rerun reproduces every output file exactly."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out in (first, second):
+        run_evaluation(model_dir, ["pope"], pope_root, out, batch_size=4, limit=6, max_new_tokens=4)
+    files = sorted(str(p.relative_to(first)) for p in first.rglob("*") if p.is_file())
+    assert f"pope/{ANSWERS_FILE}" in files and "pope/results.json" in files
+    assert sorted(str(p.relative_to(second)) for p in second.rglob("*") if p.is_file()) == files
+    for name in files:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
 def test_eval_cli_names_a_missing_image(model_dir, pope_root, tmp_path):
@@ -97,8 +115,9 @@ def test_eval_cli_names_a_missing_image(model_dir, pope_root, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 1
     assert name in result.output and "kept" in result.output  # a clear message, not a traceback
-    # the answers before the missing image were kept
-    assert len(read_answered(tmp_path / "o" / "pope" / ANSWERS_FILE)) == first_new
+    # the answers before the missing image were kept (in the partial file: the answer file is not complete)
+    assert len(read_answers(partial_path(tmp_path / "o" / "pope" / ANSWERS_FILE))) == first_new
+    assert not (tmp_path / "o" / "pope" / ANSWERS_FILE).exists()
 
 
 def _eval_args(model, pope_root, out, *extra: str) -> list[str]:
@@ -125,7 +144,7 @@ def test_a_full_disk_during_eval_names_the_answer_file(model_dir, pope_root, tmp
     out = tmp_path / "o"
     fill_disk_for(monkeypatch, ANSWERS_FILE)
     output = clean_failure(CliRunner().invoke(app, _eval_args(model_dir, pope_root, out)))
-    assert f"no space left on device while writing {out / 'pope' / ANSWERS_FILE}" in output
+    assert f"no space left on device while writing {partial_path(out / 'pope' / ANSWERS_FILE)}" in output
 
 
 def test_eval_names_truncated_weights(model_dir, pope_root, tmp_path):
@@ -151,7 +170,7 @@ def test_toyworld_limit_takes_n_per_set_and_scores_only_what_was_answered(model_
     write_dataset(world, seed=3, n_pretrain=4, n_finetune=4, n_eval=6, progress=False)
     out = tmp_path / "out"
     metrics = run_evaluation(model_dir, ["toyworld"], world, out, batch_size=4, limit=2, max_new_tokens=2)
-    answered = [r["question_id"] for r in read_answered(out / "toyworld" / ANSWERS_FILE)]
+    answered = [r["question_id"] for r in read_answers(out / "toyworld" / ANSWERS_FILE)]
     assert [qid.split("-")[0] for qid in answered] == ["caption"] * 2 + ["vqa"] * 2 + ["pope"] * 2
     scores = metrics["toyworld"]["sets"]
     assert scores["caption"]["n"] == 2 and set(scores) == {"caption", "vqa", "pope"}

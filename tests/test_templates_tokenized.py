@@ -14,7 +14,8 @@ from PIL import Image
 
 from aligngpt.modeling.aligngpt import IGNORE_INDEX
 from aligngpt.processing import AlignGPTProcessor
-from aligngpt.processing.templates import IMAGE_PLACEHOLDER, get_template
+from aligngpt.processing.templates import get_template
+from aligngpt.prompts import IMAGE_TOKEN
 
 NUM_IMAGE_TOKENS = 4
 IMAGE_TOKEN_ID = -200
@@ -115,7 +116,7 @@ def make_processor(name: str, image_processor, template: str | None = None) -> A
 def two_turn_conversation() -> list[dict]:
     return [
         {"from": "system", "value": SYSTEM_PROMPT},
-        {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{QUESTIONS[0]}"},
+        {"from": "human", "value": f"{IMAGE_TOKEN}\n{QUESTIONS[0]}"},
         {"from": "gpt", "value": ANSWERS[0]},
         {"from": "human", "value": QUESTIONS[1]},
         {"from": "gpt", "value": ANSWERS[1]},
@@ -188,7 +189,7 @@ def test_image_expands_and_alignment_slot_follows_bos(name, image_processor, ima
 
     # The text around the image is the rendered conversation, token for token.
     rendered = processor.render(two_turn_conversation(), template=name)
-    before, after = "".join(segment.text for segment in rendered).split(IMAGE_PLACEHOLDER)
+    before, after = "".join(segment.text for segment in rendered).split(IMAGE_TOKEN)
     text_start = ids.index(ALIGNMENT_TOKEN_ID) + 1
     assert tokenizer.decode(ids[text_start:first_image], skip_special_tokens=False) == before
     assert tokenizer.decode(ids[first_image + NUM_IMAGE_TOKENS :], skip_special_tokens=False) == after

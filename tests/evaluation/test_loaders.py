@@ -8,9 +8,9 @@ import pytest
 from eval_helpers import fixture_dir, predictions_path
 
 from aligngpt.evaluation.benchmarks import PAPER_BENCHMARKS, get_benchmark
-from aligngpt.evaluation.benchmarks.base import MULTIPLE_CHOICE_SUFFIX, MULTIPLE_CHOICE_SUFFIX_CN, SHORT_ANSWER_SUFFIX
-from aligngpt.evaluation.items import answer_record
+from aligngpt.evaluation.benchmarks.base import MULTIPLE_CHOICE_SUFFIX, MULTIPLE_CHOICE_SUFFIX_CN
 from aligngpt.fileio import MissingDataError
+from aligngpt.prompts import SHORT_ANSWER_INSTRUCTION
 
 LOADER_FIXTURES = ["vqav2", "gqa", "vizwiz", "scienceqa_img", "textvqa", "pope", "mme", "mmbench", "seed_bench",
                    "llava_bench_in_the_wild", "mm_vet"]  # fmt: skip
@@ -42,7 +42,7 @@ def test_answer_records_carry_the_official_prompt(name):
     checked = 0
     for answer in _answers(name):
         candidates = by_id.get(answer["question_id"], [])
-        matching = [i for i in candidates if answer_record(i, "x", "m")["prompt"] == answer["prompt"]]
+        matching = [i for i in candidates if i.task().record("x", "m", {})["prompt"] == answer["prompt"]]
         if candidates:
             assert matching, f"{name} {answer['question_id']}: {answer['prompt']!r}"
             checked += 1
@@ -63,11 +63,11 @@ def test_prompts_never_hold_the_image_placeholder():
 
 def test_short_answer_and_vizwiz_suffixes():
     pope = get_benchmark("pope").load(fixture_dir("pope") / "inputs")
-    assert all(i.prompt.endswith("\n" + SHORT_ANSWER_SUFFIX) for i in pope)
+    assert all(i.prompt.endswith("\n" + SHORT_ANSWER_INSTRUCTION) for i in pope)
     assert pope[0].image == fixture_dir("pope") / "inputs" / "val2014" / "COCO_val2014_000000310196.jpg"
     vizwiz = get_benchmark("vizwiz").load(fixture_dir("vizwiz") / "inputs")
     assert vizwiz[0].prompt.endswith(
-        "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT_ANSWER_SUFFIX
+        "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT_ANSWER_INSTRUCTION
     )
     textvqa = get_benchmark("textvqa").load(fixture_dir("textvqa") / "inputs")
     assert textvqa[0].prompt.split("\n")[1].startswith("Reference OCR token: ")
@@ -77,8 +77,8 @@ def test_scienceqa_text_only_items_have_no_image():
     items = {i.question_id: i for i in get_benchmark("sqa").load(fixture_dir("scienceqa_img") / "inputs")}
     assert items["4"].image is None and items["11"].image is not None
     assert items["11"].prompt.endswith("\nD. Vermont\n" + MULTIPLE_CHOICE_SUFFIX)
-    assert answer_record(items["11"], "B", "m")["prompt"].startswith("<image>\nWhat is the name")
-    assert not answer_record(items["4"], "B", "m")["prompt"].startswith("<image>")
+    assert items["11"].task().record("B", "m", {})["prompt"].startswith("<image>\nWhat is the name")
+    assert not items["4"].task().record("B", "m", {})["prompt"].startswith("<image>")
 
 
 def test_mmbench_prompt_hint_options_and_image():
@@ -90,7 +90,7 @@ def test_mmbench_prompt_hint_options_and_image():
     )
     assert first.image is None and first.has_image
     assert first.open_image().size == (1, 1)
-    record = answer_record(first, "D", "m")
+    record = first.task().record("D", "m", {})
     assert list(record)[:4] == ["question_id", "round_id", "prompt", "text"]
     assert record["options"] == ["Oil Painting", "Sketch", "Digital art", "Photo"]
     three_options = [i for i in items if i.question_id == 103][0]

@@ -135,8 +135,8 @@ def test_transparent_images_give_the_same_pixels_in_training_predict_eval_and_se
     from aligngpt.data.images import to_rgb
     from aligngpt.evaluation.benchmarks import get_benchmark
     from aligngpt.evaluation.items import EvalItem
-    from aligngpt.evaluation.runner import generate_answers
     from aligngpt.inference import GenerationSettings
+    from aligngpt.inference.answers import answer_tasks, run_identity
     from aligngpt.inference.predict import predict_file
     from aligngpt.inference.server import ServerConfig, create_app
     from aligngpt.processing import AlignGPTProcessor
@@ -158,6 +158,8 @@ def test_transparent_images_give_the_same_pixels_in_training_predict_eval_and_se
     monkeypatch.setattr(AlignGPTProcessor, "preprocess_images", spy)
     settings = GenerationSettings(max_new_tokens=1)
     bench = get_benchmark("pope")  # an eval benchmark that pads, like training and the server
+    identity = run_identity(None, None, "tiny", pipeline.template.name, settings)
+    padding = {"aspect_ratio": bench.image_aspect_ratio, "progress": False}
     for name, image in images.items():
         reference = original(processor, [to_rgb(image)], "pad")[0]
         dropped_alpha = original(processor, [image.convert("RGB")], "pad")[0]
@@ -177,11 +179,11 @@ def test_transparent_images_give_the_same_pixels_in_training_predict_eval_and_se
 
         seen.clear()
         item = EvalItem(1, folder / f"{name}.png", "What?")
-        generate_answers(pipeline, bench, [item], tmp_path / name / "answers.jsonl", "tiny", max_new_tokens=1)
+        answer_tasks(pipeline, [item.task()], tmp_path / name / "answers.jsonl", settings, identity, **padding)
         evaluated = seen[-1]
         embedded = EvalItem(2, None, "What?", {"image_base64": base64.b64encode((folder / f"{name}.png").read_bytes())})
         seen.clear()
-        generate_answers(pipeline, bench, [embedded], tmp_path / name / "more.jsonl", "tiny", max_new_tokens=1)
+        answer_tasks(pipeline, [embedded.task()], tmp_path / name / "more.jsonl", settings, identity, **padding)
         evaluated_base64 = seen[-1]
 
         seen.clear()

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from aligngpt.cli import app
 from aligngpt.inference import GenerationSettings
-from aligngpt.inference.predict import PARTIAL_SUFFIX, predict_file, read_questions
+from aligngpt.inference.answers import PARTIAL_SUFFIX, AnswersChangedError, run_record_path
+from aligngpt.inference.predict import predict_file, read_questions
 from tests.inference.conftest import png_bytes
 
 SETTINGS = GenerationSettings(max_new_tokens=4)
@@ -48,10 +49,11 @@ def test_predict_writes_one_answer_per_question(pipeline, question_set, tmp_path
         assert set(answer) >= {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
         assert answer["prompt"] == question["text"] and answer["model_id"] == "tiny"
         assert isinstance(answer["text"], str)
+        metadata = answer["metadata"]
         if "image" in question:
-            assert len(answer["alignment_weights"]) == 7 and len(answer["level_coefficients"]) == 8
+            assert len(metadata["alignment_weights"]) == 7 and len(metadata["level_coefficients"]) == 8
         else:
-            assert answer["alignment_weights"] is None
+            assert metadata["alignment_weights"] is None
     assert answers[0]["metadata"]["max_new_tokens"] == 4
     assert len({a["answer_id"] for a in answers}) == 5
     assert not (tmp_path / ("answers.jsonl" + PARTIAL_SUFFIX)).exists()
@@ -95,7 +97,7 @@ def test_resume_appends_to_the_partial_file_and_renames_it(pipeline, question_se
     """After a kill or ENOSPC, a rerun needs room for the new answers only: no copy of the answers is written."""
     import errno
 
-    from aligngpt.inference import predict
+    from aligngpt.inference import answers
 
     questions_path, images, _ = question_set
     out = tmp_path / "answers.jsonl"
@@ -110,11 +112,43 @@ def test_resume_appends_to_the_partial_file_and_renames_it(pipeline, question_se
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(predict, "atomic_write", disk_full)
+    monkeypatch.setattr(answers, "atomic_write", disk_full)
     summary = predict_file(pipeline, questions_path, out, images, SETTINGS, batch_size=2, model_id="tiny")
     assert summary.already_answered == 2 and summary.answered_now == 3  # the unterminated line is redone
     assert out.read_text() == complete and out.stat().st_ino == inode  # appended to, then renamed
     assert not partial.exists()
+
+
+def test_two_runs_write_the_same_bytes(pipeline, question_set, tmp_path):
+    questions_path, images, _ = question_set
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for out in (first, second):
+        predict_file(pipeline, questions_path, out, images, SETTINGS, batch_size=2, model_id="tiny")
+    assert first.read_bytes() == second.read_bytes()
+    assert run_record_path(first).read_bytes() == run_record_path(second).read_bytes()
+
+
+def test_a_rerun_with_other_settings_or_questions_is_refused(pipeline, question_set, tmp_path):
+    """Answers are resumed only for the same model, settings and questions; the refusal says what changed."""
+    questions_path, images, questions = question_set
+    out = tmp_path / "answers.jsonl"
+    predict_file(pipeline, questions_path, out, images, SETTINGS, batch_size=2, model_id="tiny")
+    complete = out.read_bytes()
+    with pytest.raises(AnswersChangedError, match="max_new_tokens: 4 -> 5"):
+        predict_file(pipeline, questions_path, out, images, GenerationSettings(max_new_tokens=5), model_id="tiny")
+    with pytest.raises(AnswersChangedError, match="model_id: 'tiny' -> 'other'"):
+        predict_file(pipeline, questions_path, out, images, SETTINGS, model_id="other")
+    questions[1]["text"] = "Describe the picture."
+    questions_path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    with pytest.raises(AnswersChangedError, match=r"question 'q2' \(prompt\)"):
+        predict_file(pipeline, questions_path, out, images, SETTINGS, model_id="tiny")
+    questions_path.write_text("".join(json.dumps(q) + "\n" for q in questions[2:]))
+    with pytest.raises(AnswersChangedError, match=r"answers to 2 question\(s\) this run does not ask"):
+        predict_file(pipeline, questions_path, out, images, SETTINGS, model_id="tiny")
+    assert out.read_bytes() == complete  # nothing lost
+    out.with_name("answers.run.json").unlink()
+    with pytest.raises(AnswersChangedError, match="no run record"):
+        predict_file(pipeline, questions_path, out, images, SETTINGS, model_id="tiny")
 
 
 @pytest.mark.parametrize(

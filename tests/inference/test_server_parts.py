@@ -22,7 +22,7 @@ from aligngpt.inference.server.image_fetch import fetch_image
 from aligngpt.inference.server.scheduler import BatchScheduler, QueueFull
 from aligngpt.inference.server.validation import parse_chat_request, validate_chat
 from aligngpt.inference.streaming import Alignment, StreamRequest
-from aligngpt.processing import IMAGE_PLACEHOLDER, Message
+from aligngpt.processing import IMAGE_TOKEN, Message
 from tests.inference.conftest import data_url, png_bytes
 
 CONFIG = ServerConfig(model_name="tiny", max_tokens_limit=100, default_max_tokens=512)
@@ -101,7 +101,7 @@ def test_conversation_merges_turns_and_places_the_image():
     conversation = to_conversation(request)
     assert conversation.system == "Be brief.\nNo lists." and conversation.image_url == url
     assert conversation.messages == [
-        Message("user", f"{IMAGE_PLACEHOLDER}\nfirst\nsecond"), Message("assistant", "red"), Message("user", "sure?"),
+        Message("user", f"{IMAGE_TOKEN}\nfirst\nsecond"), Message("assistant", "red"), Message("user", "sure?"),
     ]  # fmt: skip
 
 
@@ -112,7 +112,7 @@ def test_conversation_errors_name_the_message():
         ([{"role": "assistant", "content": [image]}, {"role": "user", "content": "hi"}], "messages[0]",
          "only user messages"),
         ([{"role": "assistant", "content": "hi"}, {"role": "user", "content": "hi"}], "messages", "start with a user"),
-        ([{"role": "user", "content": f"look {IMAGE_PLACEHOLDER}"}], "messages[0].content", IMAGE_PLACEHOLDER),
+        ([{"role": "user", "content": f"look {IMAGE_TOKEN}"}], "messages[0].content", IMAGE_TOKEN),
         ([{"role": "system", "content": "only a system prompt"}], "messages", "last message"),
     ]  # fmt: skip
     for messages, param, words in cases:
@@ -125,7 +125,7 @@ def test_budget_counts_image_positions_and_caps_the_answer(pipeline):
     budget = TokenBudget.for_pipeline(pipeline, CONFIG)
     assert budget.processor.tokenizer is not pipeline.processor.tokenizer  # the worker thread keeps its own
     text = budget.count("hello")
-    image_positions = budget.count(IMAGE_PLACEHOLDER) - budget.count("")
+    image_positions = budget.count(IMAGE_TOKEN) - budget.count("")
     assert image_positions == pipeline.processor.num_image_tokens + 1  # and the alignment token after BOS
     tight = TokenBudget(pipeline.processor, context_length=text + 3, max_prompt_tokens=text, max_tokens_limit=100)
     chat = validate_chat(encode(max_tokens=50, temperature=0.5, top_p=0.9, stop=["."]), CONFIG)
@@ -142,7 +142,7 @@ def test_budget_refusals_say_the_numbers(pipeline):
     assert "21 tokens" in long.message and "limit is 20" in long.message
     greedy = refusal(lambda: budget.settings(validate_chat(encode(max_tokens=11), CONFIG), 5))
     assert (greedy.code, greedy.param) == ("invalid_value", "max_tokens") and "at most 10" in greedy.message
-    two_images = refusal(lambda: budget.count(f"{IMAGE_PLACEHOLDER}{IMAGE_PLACEHOLDER}"))
+    two_images = refusal(lambda: budget.count(f"{IMAGE_TOKEN}{IMAGE_TOKEN}"))
     assert (two_images.status, two_images.code, two_images.param) == (400, "invalid_value", "messages")
 
 

@@ -10,12 +10,12 @@ import shutil
 import pytest
 
 from aligngpt.processing import AlignGPTProcessor
-from aligngpt.processing.templates import IMAGE_PLACEHOLDER, TEMPLATES, Segment, get_template
+from aligngpt.processing.templates import IMAGE_TOKEN, TEMPLATES, Segment, get_template
 from tests.serving.models import tiny_vllm_model_dir
 from tests.serving.vllm_env import run_in_vllm_env, vllm_env_run
 
 QUESTION, ANSWER, FOLLOW_UP = "What is in the picture?", "A red car.", "Which color is it?"
-IMAGE_TEXT = f"{IMAGE_PLACEHOLDER}\n{QUESTION}"
+IMAGE_TEXT = f"{IMAGE_TOKEN}\n{QUESTION}"
 IMAGE_BLOCKS = [{"type": "image"}, {"type": "text", "text": QUESTION}]
 # The two forms vLLM hands a template (content blocks, or a string with the placeholder in front of the text) and
 # the aligngpt chat they stand for: (message, history, image in the first user turn).
@@ -42,9 +42,9 @@ REQUESTS = [
 def aligngpt_prompt(name: str, message: str, history: list, image: bool) -> str:
     """The prompt aligngpt's pipeline builds: the image placeholder in front of the first user turn."""
     if image and history:
-        history = [(f"{IMAGE_PLACEHOLDER}\n{history[0][0]}", history[0][1]), *history[1:]]
+        history = [(f"{IMAGE_TOKEN}\n{history[0][0]}", history[0][1]), *history[1:]]
     elif image:
-        message = f"{IMAGE_PLACEHOLDER}\n{message}"
+        message = f"{IMAGE_TOKEN}\n{message}"
     return get_template(name).generation_prompt(message, history)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Literal, get_args
 
 DEFAULT_LEVEL_FIELD = "similarity"  # the official pre-training file's level field
 DEFAULT_NUM_LEVELS = 8
-IMAGE_TOKEN = "<image>"
-STAGES: tuple[str, ...] = ("pretrain", "finetune")
+Stage = Literal["pretrain", "finetune"]
+STAGES: tuple[str, ...] = get_args(Stage)
 ON_BAD_RECORD: tuple[str, ...] = ("error", "skip")
 # PIL's own default limit (about 89.5 megapixels); larger images are refused unless max_pixels is raised.
 DEFAULT_MAX_PIXELS = 89_478_485

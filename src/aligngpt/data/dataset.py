@@ -14,20 +14,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
 
-from aligngpt.data.constants import DEFAULT_LEVEL_FIELD, DEFAULT_MAX_PIXELS, DEFAULT_NUM_LEVELS, IMAGE_TOKEN
+from aligngpt.data.constants import DEFAULT_LEVEL_FIELD, DEFAULT_MAX_PIXELS, DEFAULT_NUM_LEVELS, Stage
 from aligngpt.data.images import ImageLoadError, load_image
 from aligngpt.data.problems import Problem, ProblemKind
 from aligngpt.data.records import DataFileError, Record, RecordFile
 from aligngpt.data.sampler import word_count_length
 from aligngpt.data.validation import BadRecordPolicy, RecordValidator, ValidationConfig
 from aligngpt.processing import AlignGPTProcessor, EncodedSample
+from aligngpt.prompts import IMAGE_TOKEN
 
-Stage = Literal["pretrain", "finetune"]
 STAGE_TEMPLATES = {"pretrain": "plain"}
 VISION_FEATURES_KEY = "vision_features"  # EncodedSample.meta key of cached tower outputs [T, d_vision]
 

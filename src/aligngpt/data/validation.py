@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from aligngpt.data.constants import DEFAULT_MAX_PIXELS, DEFAULT_NUM_LEVELS, IMAGE_TOKEN, ON_BAD_RECORD, STAGES
+from aligngpt.data.constants import DEFAULT_MAX_PIXELS, DEFAULT_NUM_LEVELS, ON_BAD_RECORD, STAGES, Stage
 from aligngpt.data.images import ImageLoadError, load_image
 from aligngpt.data.problems import Problem, ProblemKind, RecordFormatError
 from aligngpt.data.records import GPT, HUMAN, Record, RecordFile
 from aligngpt.errors import UserError
 from aligngpt.fileio import JsonlAppender, atomic_write, read_jsonl_log, write_jsonl_atomic
+from aligngpt.prompts import IMAGE_TOKEN
 
-Stage = Literal["pretrain", "finetune"]
 OnBadRecord = Literal["error", "skip"]
 _POOL_CHUNK = 32
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aligngpt.fileio import BadRecordError
-
-IMAGE_PLACEHOLDER = "<image>"
+from aligngpt.inference.answers import AnswerTask
 
 
 @dataclass
@@ -62,17 +60,9 @@ class EvalItem:
         except ImageLoadError as err:
             raise BadRecordError(f"question {self.question_id!r}: {err}") from None
 
-
-def answer_record(item: EvalItem, text: str, model_id: str, answer_id: str | None = None) -> dict:
-    """The answer-file line the official scripts write for ``item`` (same keys, same order)."""
-    fields = dict(item.meta.get("answer_fields", {"prompt": item.prompt}))
-    record: dict[str, Any] = {"question_id": item.question_id}
-    if "round_id" in fields:
-        record["round_id"] = fields.pop("round_id")
-    record["prompt"] = fields.pop("prompt", item.prompt)
-    record["text"] = text
-    record.update(fields)
-    record["answer_id"] = answer_id if answer_id is not None else uuid.uuid4().hex[:22]
-    record["model_id"] = model_id
-    record["metadata"] = {}
-    return record
+    def task(self) -> AnswerTask:
+        """The item as a question of the answer engine; its answer line is the one the official scripts write
+        (``meta["answer_fields"]``: the recorded prompt and the extra fields, in order)."""
+        fields = dict(self.meta.get("answer_fields", {"prompt": self.prompt}))
+        prompt = fields.pop("prompt", self.prompt)
+        return AnswerTask(self.question_id, self.prompt, self.open_image if self.has_image else None, prompt, fields)

@@ -147,7 +147,7 @@ def predict(
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     try:
         summary = predict_file(
-            pipeline, questions, out, images, settings, batch_size, model_id or Path(model).resolve().name
+            pipeline, questions, out, images, settings, batch_size, model_id or Path(model).resolve().name, model=model
         )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)

@@ -22,7 +22,8 @@ from aligngpt.data.images import ImageLoadError, ImageTooLargeError, decode_rgb,
 from aligngpt.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-DEFAULT_MAX_PIXELS = 4096 * 4096
+# Largest image a chat, predict or server request may send; data files use data.constants.DEFAULT_MAX_PIXELS.
+REQUEST_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_FETCH_TIMEOUT_S = 10.0
 _DATA_URL = re.compile(
@@ -53,7 +54,7 @@ class ImagePolicy:
 
     allow_dirs: tuple[Path, ...] | None = None
     allow_remote: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = REQUEST_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S
     resolved_dirs: tuple[Path, ...] = field(init=False, default=())
@@ -63,7 +64,7 @@ class ImagePolicy:
             object.__setattr__(self, "resolved_dirs", tuple(Path(d).resolve() for d in self.allow_dirs))
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "image") -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = REQUEST_MAX_PIXELS, source: str = "image") -> Image.Image:
     """Decode encoded image bytes into an RGB image (the data sets' conversion, transparency composited), refusing
     images over ``max_pixels`` before decoding them."""
     try:
@@ -87,7 +88,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str 
         raise ImageError(f"{source} could not be decoded as an image ({pil_error_text(err)})", "invalid_image") from err
 
 
-def decode_data_url(url: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
+def decode_data_url(url: str, max_pixels: int = REQUEST_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
     """An image from a ``data:[mime];base64,...`` URL."""
     match = _DATA_URL.match(url)
     if match is None:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from aligngpt.model_files import check_model_source, verify_model_folder, without_weight_progress_bars
 from aligngpt.modeling import AlignGPTForConditionalGeneration
-from aligngpt.processing import IMAGE_PLACEHOLDER, AlignGPTProcessor, ChatTemplate, get_template
+from aligngpt.processing import IMAGE_TOKEN, AlignGPTProcessor, ChatTemplate, get_template
 
 OFFICIAL_MODEL_TYPES = ("aligngpt", "llava_llama", "llava")
 
@@ -83,11 +83,11 @@ class AlignGPTPipeline:
     # --- prompts -----------------------------------------------------------------------------------------------
     def build_prompt(self, message: str, has_image: bool, history: Sequence[tuple[str, str]] = ()) -> str:
         """Template text for ``message``; the image placeholder goes in front of the first user turn."""
-        if has_image and IMAGE_PLACEHOLDER not in message and not any(IMAGE_PLACEHOLDER in q for q, _ in history):
+        if has_image and IMAGE_TOKEN not in message and not any(IMAGE_TOKEN in q for q, _ in history):
             if history:
-                history = [(f"{IMAGE_PLACEHOLDER}\n{history[0][0]}", history[0][1]), *history[1:]]
+                history = [(f"{IMAGE_TOKEN}\n{history[0][0]}", history[0][1]), *history[1:]]
             else:
-                message = f"{IMAGE_PLACEHOLDER}\n{message}"
+                message = f"{IMAGE_TOKEN}\n{message}"
         return self.template.generation_prompt(message, list(history))
 
     def encode(

@@ -4,7 +4,6 @@ from aligngpt.processing.image import pad_to_square, preprocess_images, to_rgb
 from aligngpt.processing.jinja_templates import jinja_chat_templates, jinja_template
 from aligngpt.processing.processor import AlignGPTProcessor, EncodedSample, load_image_processor
 from aligngpt.processing.templates import (
-    IMAGE_PLACEHOLDER,
     TEMPLATES,
     ChatTemplate,
     Message,
@@ -24,13 +23,12 @@ from aligngpt.processing.tokenizer import (
 
 __all__ = [
     "ALIGNMENT_TOKEN",
-    "IMAGE_TOKEN",
     "add_marker_tokens",
     "check_marker_tokens",
     "AlignGPTProcessor",
     "ChatTemplate",
     "EncodedSample",
-    "IMAGE_PLACEHOLDER",
+    "IMAGE_TOKEN",
     "Message",
     "Segment",
     "TurnFormat",

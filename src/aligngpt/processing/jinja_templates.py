@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 
 from aligngpt.processing.templates import (
-    IMAGE_PLACEHOLDER,
     IMAGE_SEPARATOR,
     ROLE_ALIASES,
     TEMPLATES,
     ChatTemplate,
     get_template,
 )
+from aligngpt.prompts import IMAGE_TOKEN
 
 DEFAULT_KEY = "default"  # transformers' key of the template used when no name is given
 
@@ -111,7 +111,7 @@ def jinja_template(template: ChatTemplate | str) -> str:
         "answer_block": turns.answer,
         "answer_close": turns.answer_close,
         "user_keeps_only_image": turns.user_keeps_only_image,
-        "image_placeholder": IMAGE_PLACEHOLDER,
+        "image_placeholder": IMAGE_TOKEN,
         "image_separator": IMAGE_SEPARATOR,
         "role_aliases": ROLE_ALIASES,
     }

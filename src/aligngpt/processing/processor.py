@@ -27,7 +27,6 @@ from aligngpt.modeling.aligngpt import IGNORE_INDEX
 from aligngpt.processing.image import preprocess_images
 from aligngpt.processing.jinja_templates import DEFAULT_KEY, jinja_chat_templates, jinja_template
 from aligngpt.processing.templates import (
-    IMAGE_PLACEHOLDER,
     ChatTemplate,
     Segment,
     get_template,
@@ -35,6 +34,7 @@ from aligngpt.processing.templates import (
     resolve_template_name,
 )
 from aligngpt.processing.tokenizer import check_marker_tokens, load_tokenizer
+from aligngpt.prompts import IMAGE_TOKEN
 
 PROCESSOR_CONFIG = PROCESSOR_NAME  # processor_config.json: our settings + processor_class
 LEGACY_PROCESSOR_CONFIG = "aligngpt_processor.json"  # what aligngpt wrote before it followed transformers' layout
@@ -215,7 +215,7 @@ class AlignGPTProcessor(ProcessorMixin):
         labels: list[int] = [IGNORE_INDEX] * len(ids)
         offsets: list[tuple[int, int]] = [NO_OFFSET] * len(ids)
         chunk_start = 0
-        chunks = text.split(IMAGE_PLACEHOLDER)
+        chunks = text.split(IMAGE_TOKEN)
         for index, chunk in enumerate(chunks):
             if index > 0:
                 ids.append(self.image_token_id)
@@ -231,7 +231,7 @@ class AlignGPTProcessor(ProcessorMixin):
                     ids.append(token)
                     labels.append(token if supervised else IGNORE_INDEX)
                     offsets.append((start, end))
-            chunk_start += len(chunk) + len(IMAGE_PLACEHOLDER)
+            chunk_start += len(chunk) + len(IMAGE_TOKEN)
         return ids, labels, offsets, len(chunks) - 1
 
     def encode_segments(
@@ -249,7 +249,7 @@ class AlignGPTProcessor(ProcessorMixin):
         """
         ids, labels, offsets, n_images = self._tokenize_segments(segments, add_bos)
         if n_images > 1:
-            raise ValueError(f"a sample may hold one {IMAGE_PLACEHOLDER}, found {n_images}")
+            raise ValueError(f"a sample may hold one {IMAGE_TOKEN}, found {n_images}")
         if n_images:
             at = ids.index(self.image_token_id)
             ids[at : at + 1] = [self.image_token_id] * self.num_image_tokens

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-IMAGE_PLACEHOLDER = "<image>"
+from aligngpt.prompts import IMAGE_TOKEN
+
 IMAGE_SEPARATOR = "\n"  # follows the placeholder of an image content block
 
 ROLE_ALIASES = {
@@ -45,7 +46,7 @@ def content_text(content: str | Sequence[Mapping] | None, where: str = "content"
     for index, block in enumerate(content):
         kind = block.get("type") if isinstance(block, Mapping) else None
         if kind == "image":
-            images.append(IMAGE_PLACEHOLDER + IMAGE_SEPARATOR)
+            images.append(IMAGE_TOKEN + IMAGE_SEPARATOR)
         elif kind == "text":
             texts.append(block.get("text", ""))
         else:
@@ -129,7 +130,7 @@ class ChatTemplate:
             if message.role == "user":
                 text = message.content
                 if turns.user_keeps_only_image:
-                    text = IMAGE_PLACEHOLDER if IMAGE_PLACEHOLDER in text else ""
+                    text = IMAGE_TOKEN if IMAGE_TOKEN in text else ""
                 elif index == 0 and system and turns.system_joiner is not None:
                     text = system + turns.system_joiner + text
                 pieces.append(Segment(turns.user[0] + text + turns.user[1]))

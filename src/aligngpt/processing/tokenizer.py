@@ -7,11 +7,10 @@ from pathlib import Path
 from tokenizers import AddedToken, normalizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from aligngpt.processing.templates import IMAGE_PLACEHOLDER
+from aligngpt.prompts import IMAGE_TOKEN
 
 SPIECE_UNDERLINE = "\u2581"
-# The added special tokens whose ids mark the image positions and the alignment slot in ``input_ids``.
-IMAGE_TOKEN = IMAGE_PLACEHOLDER
+# The added special token whose id marks the alignment slot in ``input_ids`` (the image's: prompts.IMAGE_TOKEN).
 ALIGNMENT_TOKEN = "<alignment>"
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aligngpt.prompts import SHORT_ANSWER_INSTRUCTION
 from aligngpt.toyworld.text import (
     PretrainNoiseConfig,
     article,
@@ -39,7 +40,7 @@ from aligngpt.toyworld.world import (
 
 TASKS = ("caption", "count_all", "count_shape", "colour", "shape", "position", "pope")
 POPE_SPLITS = ("random", "popular", "adversarial")
-SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
+SHORT_ANSWER_SUFFIX = "\n" + SHORT_ANSWER_INSTRUCTION
 CAPTION_PROMPTS = (
     "Describe the image in detail.",
     "Describe every object in the image and where it is.",

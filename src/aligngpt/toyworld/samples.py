@@ -10,12 +10,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from aligngpt.prompts import IMAGE_TOKEN
 from aligngpt.toyworld.instructions import PRETRAIN_PROMPTS, QA, InstructionConfig, make_conversation, make_text_only
 from aligngpt.toyworld.render import render_scene
 from aligngpt.toyworld.text import NoisyCaption, PretrainNoiseConfig, noisy_caption
 from aligngpt.toyworld.world import Scene, WorldConfig, sample_scene, stream_rng
-
-IMAGE_TOKEN = "<image>"
 
 
 @dataclass(frozen=True)

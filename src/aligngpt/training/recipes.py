@@ -15,14 +15,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from aligngpt.data.constants import Stage
 
 if TYPE_CHECKING:  # keep ``aligngpt --help`` free of torch / transformers imports
     from torch import nn
 
     from aligngpt.modeling import AlignGPTForConditionalGeneration
-
-Stage = Literal["pretrain", "finetune"]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from aligngpt.evaluation.items import EvalItem
 from aligngpt.evaluation.judge import CachedJudge, Judge
 from aligngpt.fileio import read_jsonl, write_json_atomic
 
-SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
 MULTIPLE_CHOICE_SUFFIX_CN = "请直接回答选项字母。"
 

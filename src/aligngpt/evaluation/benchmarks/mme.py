@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aligngpt.evaluation.benchmarks.base import SHORT_ANSWER_SUFFIX, LoaderBenchmark, ratio
+from aligngpt.evaluation.benchmarks.base import LoaderBenchmark, ratio
 from aligngpt.evaluation.io import read_predictions
 from aligngpt.fileio import BadRecordError, MissingDataError, write_jsonl_atomic, write_text_atomic
+from aligngpt.prompts import SHORT_ANSWER_INSTRUCTION
 
 GT_ROOT = "MME_Benchmark_release_version"
 QA_SUBDIR = "questions_answers_YN"
@@ -113,7 +114,9 @@ class MME(LoaderBenchmark):
             prompt = r.get("prompt")
             if prompt is None:
                 raise BadRecordError(f"{predictions_path}: question_id {qid!r} has no 'prompt' field")
-            question = prompt.replace(SHORT_ANSWER_SUFFIX, "").strip() if SHORT_ANSWER_SUFFIX in prompt else prompt
+            question = (
+                prompt.replace(SHORT_ANSWER_INSTRUCTION, "").strip() if SHORT_ANSWER_INSTRUCTION in prompt else prompt
+            )
             key_question = question
             if YES_NO_SUFFIX.strip() not in key_question:
                 key_question = question + YES_NO_SUFFIX

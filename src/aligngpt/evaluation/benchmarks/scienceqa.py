@@ -11,8 +11,9 @@ from pathlib import Path
 
 from aligngpt.evaluation.benchmarks.base import LONG_MAX_NEW_TOKENS, MULTIPLE_CHOICE_SUFFIX, Benchmark
 from aligngpt.evaluation.io import find_file, pick_dir, read_json, read_predictions
-from aligngpt.evaluation.items import IMAGE_PLACEHOLDER, EvalItem
+from aligngpt.evaluation.items import EvalItem
 from aligngpt.fileio import write_jsonl_atomic, write_text_atomic
+from aligngpt.prompts import IMAGE_TOKEN
 
 OPTIONS = ("A", "B", "C", "D", "E")
 FAILED = "FAILED"
@@ -58,10 +59,10 @@ class ScienceQAImg(Benchmark):
         image_dir = pick_dir(data_dir, self.image_dirs)
         items = []
         for line in read_json(path):
-            question = line["conversations"][0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+            question = line["conversations"][0]["value"].replace(IMAGE_TOKEN, "").strip()
             prompt = question + "\n" + MULTIPLE_CHOICE_SUFFIX
             if "image" in line:
-                image, recorded = image_dir / line["image"], IMAGE_PLACEHOLDER + "\n" + prompt
+                image, recorded = image_dir / line["image"], IMAGE_TOKEN + "\n" + prompt
             else:
                 image, recorded = None, prompt
             items.append(EvalItem(line["id"], image, prompt, {"answer_fields": {"prompt": recorded}}))
@@ -87,7 +88,7 @@ class ScienceQAImg(Benchmark):
                 "ground_truth": OPTIONS[prob["answer"]],
                 "question": pred["prompt"],
                 "pred": pred["text"],
-                "is_multimodal": IMAGE_PLACEHOLDER in pred["prompt"],
+                "is_multimodal": IMAGE_TOKEN in pred["prompt"],
             }
             sqa_results["results"][pid] = pred_idx
             sqa_results["outputs"][pid] = pred["text"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from aligngpt.inference.server.errors import APIError
 from aligngpt.inference.server.schemas import ChatCompletionRequest, TextPart
-from aligngpt.processing import IMAGE_PLACEHOLDER, ChatTemplate, Message
+from aligngpt.processing import IMAGE_TOKEN, ChatTemplate, Message
 
 
 @dataclass
@@ -34,9 +34,9 @@ def to_conversation(request: ChatCompletionRequest) -> Conversation:
         has_image = False
         for part in parts or []:
             if isinstance(part, TextPart):
-                if IMAGE_PLACEHOLDER in part.text:
+                if IMAGE_TOKEN in part.text:
                     raise APIError(
-                        400, f"{where}: text may not contain {IMAGE_PLACEHOLDER}; send an image_url part",
+                        400, f"{where}: text may not contain {IMAGE_TOKEN}; send an image_url part",
                         "invalid_value", f"{where}.content",
                     )  # fmt: skip
                 texts.append(part.text)
@@ -63,7 +63,7 @@ def to_conversation(request: ChatCompletionRequest) -> Conversation:
     for index, (role, texts) in enumerate(turns):
         text = "\n".join(texts)
         if index == image_turn:
-            text = f"{IMAGE_PLACEHOLDER}\n{text}"
+            text = f"{IMAGE_TOKEN}\n{text}"
         messages.append(Message(role, text))
     system = "\n".join(system_parts) if system_parts else None
     return Conversation(system, messages, image_url)

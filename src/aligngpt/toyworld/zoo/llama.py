@@ -9,9 +9,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from aligngpt.modeling.aligngpt import IGNORE_INDEX
 from aligngpt.toyworld.zoo.training import cosine_with_warmup
 
-IGNORE_INDEX = -100
 MAX_GRAD_NORM = 1.0
 EVAL_BATCH = 64
 
