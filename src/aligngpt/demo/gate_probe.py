@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from aligngpt.demo.pipeline import stage2_settings
 from aligngpt.demo.presets import ALIGNGPT, NUM_LEVELS, get_preset
-from aligngpt.fileio import write_json_atomic, write_text_atomic
+from aligngpt.demo.steps import Job, StepLog, StepRunner, WorkerPool
+from aligngpt.fileio import read_jsonl, write_json_atomic, write_text_atomic
 from aligngpt.toyworld.instructions import CAPTION_PROMPTS
 
 STUDY = "noisy-tasks"
@@ -170,7 +172,6 @@ def gate_per_phrasing(model_dir: Path, world_dir: Path, prompts: tuple[str, ...]
 
     import aligngpt
     from aligngpt.demo.analysis import gate_summary
-    from aligngpt.fileio import read_jsonl
 
     pipeline = aligngpt.load(model_dir, device="cpu")
     questions = read_jsonl(world_dir / "eval" / "caption" / "questions.jsonl")
@@ -211,7 +212,6 @@ def gate_inputs(model_dir: Path, world_dir: Path, prompts: tuple[str, ...]) -> d
     from PIL import Image
 
     import aligngpt
-    from aligngpt.fileio import read_jsonl
 
     pipeline = aligngpt.load(model_dir, device="cpu")
     gate = pipeline.model.alignment.gate
@@ -261,9 +261,6 @@ def run_probe(study_dir: Path, out: Path, seeds: list[int], changes: tuple[GateC
 
     ``study`` names the study preset the folder ``study_dir`` was run with.
     """
-    from aligngpt.demo.pipeline import stage2_settings
-    from aligngpt.demo.steps import Job, StepLog, StepRunner, WorkerPool
-
     preset = get_preset(study)
     if not preset.loose_prompts:
         raise ValueError(f"study {study!r} has no loose prompts: the probe compares loose and clean phrasings")
@@ -311,8 +308,6 @@ def run_forced_levels(study_dir: Path, out: Path, seeds: list[int], workers: int
                       echo=print) -> Path:  # fmt: skip
     """The study's AlignGPT stage-2 models, each phrasing, the token forced to every level: ``levels.json`` and
     ``levels.md`` in ``out``. Does the alignment token still steer the captions after stage 2?"""
-    from aligngpt.demo.pipeline import WorkerPool
-
     preset = get_preset(study)
     study_dir, out = Path(study_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
