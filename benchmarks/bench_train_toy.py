@@ -64,9 +64,9 @@ def prepare(root: Path) -> dict[str, Path]:
 
 
 def stage_settings(paths: dict[str, Path], stage: str, steps: int, changes: dict) -> dict:
-    """The demo's settings of ``stage`` (``aligngpt.toyworld.pipeline``), with ``changes`` applied."""
-    from aligngpt.toyworld.pipeline import stage1_settings, stage2_settings
-    from aligngpt.toyworld.presets import get_preset
+    """The demo's settings of ``stage`` (``aligngpt.demo.pipeline``), with ``changes`` applied."""
+    from aligngpt.demo.pipeline import stage1_settings, stage2_settings
+    from aligngpt.demo.presets import get_preset
 
     preset = replace(get_preset("default"), pretrain_steps=steps, finetune_steps=steps)
     root = paths["root"]

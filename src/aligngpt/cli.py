@@ -29,7 +29,7 @@ _COMMAND_MODULES = (
     "aligngpt.training.cli",
     "aligngpt.inference.cli",
     "aligngpt.evaluation.cli",
-    "aligngpt.toyworld.cli",
+    "aligngpt.demo.cli",
 )
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from aligngpt.fileio import read_jsonl
 from aligngpt.toyworld.dataset import write_dataset
-from aligngpt.toyworld.metrics import read_jsonl
 from aligngpt.toyworld.text import parse_caption
 
 SMALL = {"n_pretrain": 30, "n_finetune": 30, "n_eval": 6, "progress": False}

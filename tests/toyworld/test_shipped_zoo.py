@@ -27,7 +27,7 @@ def test_every_shipped_part_matches_the_builders_current_settings(size, seed):
     """A zoo setting changed without refreshing the shipped files would silently never be used: fail here."""
     for name, (key, _) in part_settings(seed, SIZES[size], WorldConfig()).items():
         assert finished_part(shipped_dir(size, seed) / name, key) is not None, (
-            f"shipped {size} zoo part {name!r} is stale: run `python -m aligngpt.toyworld.zoo.shipped`"
+            f"shipped {size} zoo part {name!r} is stale: run `python -m aligngpt.toyworld.zoo.refresh`"
         )
 
 

@@ -62,7 +62,7 @@ class ToyWorld(Benchmark):
         return chosen
 
     def _score(self, data_dir: Path, predictions_path: Path, out_dir: Path, judge) -> dict:
-        from aligngpt.toyworld.metrics import score_eval_dir
+        from aligngpt.evaluation.benchmarks.toyworld_metrics import score_eval_dir
 
         predictions = {str(r["question_id"]): r["text"] for r in read_jsonl(predictions_path)}
         scores = score_eval_dir(Path(data_dir) / "eval", predictions, only_predicted=self.only_predicted)

@@ -7,7 +7,7 @@ copies a shipped part into the output folder only when its key equals the key to
 of any zoo or world setting rebuilds that part instead of reusing a stale one. ``aligngpt demo --rebuild-zoo``
 retrains everything; a test checks that a rebuild reaches the shipped quality.
 
-Refresh the shipped files after changing the zoo: ``python -m aligngpt.toyworld.zoo.shipped`` (rebuilds and
+Refresh the shipped files after changing the zoo: ``python -m aligngpt.toyworld.zoo.refresh`` (rebuilds and
 replaces them).
 """
 
@@ -70,25 +70,3 @@ def remove_shipped_parts(zoo_dir: Path) -> list[str]:
         shutil.rmtree(marker.parent)
         removed.append(marker.parent.name)
     return removed
-
-
-def refresh_shipped(size: str = "demo", seed: int = 0, threads: int = 2) -> Path:
-    """Rebuild the shipped zoo of ``size`` and ``seed`` from scratch and put it in the package."""
-    from aligngpt.toyworld.zoo.build import ZOO_FILE, build_zoo
-
-    target = shipped_dir(size, seed)
-    staging = target.with_name(f".{target.name}.build")
-    shutil.rmtree(staging, ignore_errors=True)
-    build_zoo(staging, seed=seed, size=size, threads=threads)
-    for leftover in staging.glob(".*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    (staging / ZOO_FILE).chmod(0o644)
-    for path in staging.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
-    return target
-
-
-if __name__ == "__main__":
-    print(refresh_shipped())

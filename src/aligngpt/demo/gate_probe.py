@@ -1,6 +1,6 @@
 """Why does the gate stay uniform? Stage-2 reruns of the noisy-tasks study with one gate setting changed at a time.
 
-``python -m aligngpt.toyworld.gate_probe --study runs/noisy --out runs/noisy/gate-probe`` takes a finished (or at
+``python -m aligngpt.demo.gate_probe --study runs/noisy --out runs/noisy/gate-probe`` takes a finished (or at
 least stage-1-finished) ``aligngpt demo --study noisy-tasks`` folder and, for each change in :data:`CHANGES`, reruns
 AlignGPT's stage 2 from the study's stage-1 model (same data, steps, seed and recipe otherwise) while measuring:
 
@@ -8,7 +8,7 @@ AlignGPT's stage 2 from the study's stage-1 model (same data, steps, seed and re
   clipping scales every group alike, so their ratio is the one the optimizer saw), and how far the gate's output
   layer moved from its starting weights (relative Frobenius distance);
 * afterwards, the phrasing sweep (captions in every phrasing scored against the clean scenes, the gate's weights per
-  phrasing: :func:`aligngpt.toyworld.analysis.caption_phrasing_sweep`);
+  phrasing: :func:`aligngpt.demo.analysis.caption_phrasing_sweep`);
 * the gate's input: the ``num_image_tokens`` products ``s_k = <V_k, mean text embedding>`` that the gate reads, per
   phrasing, and how well they tell the loose phrasing from the clean ones (:func:`gate_input_separation`).
 
@@ -30,12 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from aligngpt.toyworld._io import atomic_write_json, atomic_write_text
+from aligngpt.demo.pipeline import stage2_settings
+from aligngpt.demo.presets import ALIGNGPT, NUM_LEVELS, get_preset
+from aligngpt.demo.steps import Job, StepLog, StepRunner, WorkerPool
+from aligngpt.fileio import read_jsonl, write_json_atomic, write_text_atomic
 from aligngpt.toyworld.instructions import CAPTION_PROMPTS
-from aligngpt.toyworld.presets import ALIGNGPT, NUM_LEVELS, get_preset
 
 STUDY = "noisy-tasks"
 PROBE_FILE = "probe.json"
+PROBE_STAGE = "gate probe"
 LEVELS_FILE = "levels.json"
 START_FILE = "start.json"
 GRAD_EVERY = 10  # optimizer steps between gradient-norm records
@@ -166,13 +169,12 @@ def gate_input_separation(inputs: dict[str, np.ndarray], loose: tuple[str, ...])
 
 
 def gate_per_phrasing(model_dir: Path, world_dir: Path, prompts: tuple[str, ...]) -> dict:
-    """:func:`~aligngpt.toyworld.analysis.gate_summary` of the gate's weights per prompt on the caption evaluation
+    """:func:`~aligngpt.demo.analysis.gate_summary` of the gate's weights per prompt on the caption evaluation
     images, without generating (one prefill each): e.g. the gate a stage 2 starts from."""
     from PIL import Image
 
     import aligngpt
-    from aligngpt.toyworld.analysis import gate_summary
-    from aligngpt.toyworld.metrics import read_jsonl
+    from aligngpt.demo.analysis import gate_summary
 
     pipeline = aligngpt.load(model_dir, device="cpu")
     questions = read_jsonl(world_dir / "eval" / "caption" / "questions.jsonl")
@@ -203,7 +205,7 @@ def run_start_gates(study_dir: Path, out: Path, seeds: list[int], changes: tuple
             dirs[f"seed{seed}/{change.name}"] = str(stage1)
     result = start_gates_job(dirs, str(study_dir / "world"), 1)
     path = out / START_FILE
-    atomic_write_json(path, result)
+    write_json_atomic(path, result)
     return path
 
 
@@ -213,7 +215,6 @@ def gate_inputs(model_dir: Path, world_dir: Path, prompts: tuple[str, ...]) -> d
     from PIL import Image
 
     import aligngpt
-    from aligngpt.toyworld.metrics import read_jsonl
 
     pipeline = aligngpt.load(model_dir, device="cpu")
     gate = pipeline.model.alignment.gate
@@ -240,8 +241,8 @@ def probe_job(
     import torch
 
     torch.set_num_threads(threads)
+    from aligngpt.demo.analysis import caption_phrasing_sweep
     from aligngpt.evaluation.benchmarks.toyworld import ToyWorld
-    from aligngpt.toyworld.analysis import caption_phrasing_sweep
     from aligngpt.training.config import resolve_config
     from aligngpt.training.engine import train
 
@@ -263,24 +264,20 @@ def run_probe(study_dir: Path, out: Path, seeds: list[int], changes: tuple[GateC
 
     ``study`` names the study preset the folder ``study_dir`` was run with.
     """
-    from aligngpt.toyworld.pipeline import WorkerPool, _digest, stage2_settings
-
     preset = get_preset(study)
     if not preset.loose_prompts:
         raise ValueError(f"study {study!r} has no loose prompts: the probe compares loose and clean phrasings")
     study_dir, out = Path(study_dir), Path(out)
     world = study_dir / "world"
     out.mkdir(parents=True, exist_ok=True)
-    done = json.loads((out / PROBE_FILE).read_text()) if (out / PROBE_FILE).is_file() else {}
-    jobs, names = [], []
+    jobs = []
     for seed in seeds:
         stage1 = study_dir / "runs" / f"seed{seed}" / f"{ALIGNGPT}-stage1"
         if not (stage1 / "model.safetensors").is_file():
             raise FileNotFoundError(f"{stage1}: no finished stage-1 model; run `aligngpt demo --study {study}` first")
         for change in changes:
-            name = f"seed{seed}/{change.name}"
             settings = stage2_settings(preset, study_dir, world, ALIGNGPT, seed, progress=False)
-            settings["output_dir"] = str(out / "runs" / name)
+            settings["output_dir"] = str(out / "runs" / f"seed{seed}" / change.name)
             settings["gate_lr_scale"] = change.gate_lr_scale
             settings["gate_text"] = change.gate_text
             if change.gate_init_scale != 1.0:
@@ -288,31 +285,24 @@ def run_probe(study_dir: Path, out: Path, seeds: list[int], changes: tuple[GateC
                 if not (start / "model.safetensors").is_file():
                     scale_gate_init(stage1, start, change.gate_init_scale)
                 settings["model"] = str(start)
-            digest = _digest({"settings": settings, "change": asdict(change)})
-            if done.get(name, {}).get("digest") == digest:
-                echo(f"[probe] {name}: reused")
-                continue
             args = (settings, asdict(change), str(world), preset.loose_prompts, preset.eval_batch_size, 1)
-            jobs.append((probe_job, args))
-            names.append((name, digest))
+            key = {"settings": settings, "change": asdict(change)}
+            jobs.append(Job(f"seed{seed}/{change.name}", key, probe_job, args))
+    log = StepLog(out / PROBE_FILE)
     pool = WorkerPool(workers)
     try:
-        for index, result in pool.run(jobs):
-            name, digest = names[index]
-            done[name] = {"digest": digest, "result": result}
-            atomic_write_json(out / PROBE_FILE, done)
-            echo(f"[probe] {name}: done")
+        StepRunner(log, pool, echo, tag="probe").stage(PROBE_STAGE, jobs)
     finally:
         pool.close()
-    return write_probe_report(out, done, preset.loose_prompts)
+    return write_probe_report(out, log.steps, preset.loose_prompts)
 
 
 def forced_levels_job(model_dir: str, world_dir: str, prompts: tuple[str, ...], batch_size: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
+    from aligngpt.demo.analysis import forced_level_phrasings
     from aligngpt.evaluation.benchmarks.toyworld import ToyWorld
-    from aligngpt.toyworld.analysis import forced_level_phrasings
 
     return forced_level_phrasings(Path(model_dir), Path(world_dir), prompts, NUM_LEVELS, batch_size,
                                   ToyWorld.max_new_tokens)  # fmt: skip
@@ -322,8 +312,6 @@ def run_forced_levels(study_dir: Path, out: Path, seeds: list[int], workers: int
                       echo=print) -> Path:  # fmt: skip
     """The study's AlignGPT stage-2 models, each phrasing, the token forced to every level: ``levels.json`` and
     ``levels.md`` in ``out``. Does the alignment token still steer the captions after stage 2?"""
-    from aligngpt.toyworld.pipeline import WorkerPool
-
     preset = get_preset(study)
     study_dir, out = Path(study_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -336,7 +324,7 @@ def run_forced_levels(study_dir: Path, out: Path, seeds: list[int], workers: int
     try:
         for index, result in pool.run(jobs):
             done[f"seed{todo[index]}"] = result
-            atomic_write_json(path, done)
+            write_json_atomic(path, done)
             echo(f"[probe] forced levels, seed{todo[index]}: done")
     finally:
         pool.close()
@@ -355,7 +343,7 @@ def run_forced_levels(study_dir: Path, out: Path, seeds: list[int], workers: int
             cells = [f"{by_level[str(k)]['f1']:.3f} / {by_level[str(k)]['chair_i']:.3f}" for k in range(NUM_LEVELS)]
             lines.append(f"| {seed_name} | «{prompt}» | " + " | ".join(cells) + " |")
     report = out / "levels.md"
-    atomic_write_text(report, "\n".join(lines) + "\n")
+    write_text_atomic(report, "\n".join(lines) + "\n")
     return report
 
 
@@ -395,7 +383,7 @@ def write_probe_report(out: Path, done: dict, loose: tuple[str, ...]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aligngpt.toyworld.report import _save
+    from aligngpt.demo.report import _save
 
     figure, (ax_ratio, ax_drift) = plt.subplots(1, 2, figsize=(11, 3.8))
     for index, (name, entry) in enumerate(done.items()):
@@ -428,7 +416,7 @@ def write_probe_report(out: Path, done: dict, loose: tuple[str, ...]) -> Path:
         "",
     ]
     path = out / "probe.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -1,8 +1,10 @@
+"""The toy benchmark's scores: captions, VQA and POPE by hand, and a written eval folder scored against its truth."""
+
 import json
 
 import pytest
 
-from aligngpt.toyworld.metrics import (
+from aligngpt.evaluation.benchmarks.toyworld_metrics import (
     load_predictions,
     normalize_answer,
     pope_scores,
@@ -81,8 +83,17 @@ def test_pope_parsing_and_scores():
     assert split["all"]["n"] == 3
 
 
-def test_scoring_a_written_eval_dir_with_ground_truth_scores_perfectly(small_dataset, tmp_path):
-    eval_dir = small_dataset / "eval"
+@pytest.fixture(scope="module")
+def eval_world(tmp_path_factory):
+    from aligngpt.toyworld.dataset import write_dataset
+
+    out = tmp_path_factory.mktemp("world")
+    write_dataset(out, seed=5, n_pretrain=80, n_finetune=80, n_eval=20, progress=False)
+    return out
+
+
+def test_scoring_a_written_eval_dir_with_ground_truth_scores_perfectly(eval_world, tmp_path):
+    eval_dir = eval_world / "eval"
     truth = {}
     for line in (eval_dir / "caption" / "annotations.jsonl").read_text().splitlines():
         record = json.loads(line)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aligngpt.evaluation.normalize import ARTICLES
 from aligngpt.evaluation.normalize import NUMBER_WORDS as VQA_NUMBER_WORDS
-from aligngpt.fileio import read_jsonl  # re-exported: the toy world reads its files with it
+from aligngpt.fileio import read_jsonl
 from aligngpt.toyworld.text import hallucinated_partners, parse_caption
 from aligngpt.toyworld.world import Scene, SceneObject
 

@@ -10,7 +10,7 @@ captions, every other prompt cleanly. Every stage-2 model then captions the eval
   seed; it is *uniform* when KL(mean weights || uniform) stays below ``uniform_kl_max`` for every phrasing and seed.
 * **Does AlignGPT answer more cleanly than the others?** Caption F1 against the clean scenes, AlignGPT minus each
   variant paired by seed, on the clean phrasings (their mean) and on the loose phrasing, with the effect rule of
-  :class:`aligngpt.toyworld.verdict.Difference`.
+  :class:`aligngpt.demo.verdict.Difference`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from aligngpt.toyworld.presets import ALIGNGPT
-from aligngpt.toyworld.verdict import Difference
+from aligngpt.demo.presets import ALIGNGPT
+from aligngpt.demo.verdict import Difference
 
 GATE_PLOT = "gate_phrasings.png"
 

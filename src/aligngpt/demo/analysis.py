@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aligngpt.toyworld.metrics import read_jsonl, score_captions
+from aligngpt.evaluation.benchmarks.toyworld_metrics import score_captions
+from aligngpt.fileio import read_jsonl
 
 SCORE_FIELD = "clip_score"
 LEVEL_FIELD = "similarity"

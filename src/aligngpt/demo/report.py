@@ -1,6 +1,6 @@
 """``report.md``, ``summary.json`` and the PNG plots of the toy-world study. Every number comes from the run's results.
 
-``report.md`` opens with the computed verdict (:mod:`aligngpt.toyworld.verdict`) and a glossary of its metrics.
+``report.md`` opens with the computed verdict (:mod:`aligngpt.demo.verdict`) and a glossary of its metrics.
 """
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ import os
 import statistics
 from pathlib import Path
 
-from aligngpt.scoring.summary import summary_paths
-from aligngpt.toyworld._io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from aligngpt.toyworld.evalsets import VQA_TASKS
-from aligngpt.toyworld.instructions import CAPTION_PROMPTS, EVAL_CAPTION_PROMPT, POPE_SPLITS
-from aligngpt.toyworld.noisy import GATE_PLOT, NoisyStudy, plot_gate_phrasings
-from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, NUM_LEVELS, PREFIX, STAGE1_SOURCE, VARIANT_MODES, DemoPreset
-from aligngpt.toyworld.verdict import (
+from aligngpt.demo.noisy import GATE_PLOT, NoisyStudy, plot_gate_phrasings
+from aligngpt.demo.presets import ALIGNGPT, BASELINE, NUM_LEVELS, PREFIX, STAGE1_SOURCE, VARIANT_MODES, DemoPreset
+from aligngpt.demo.verdict import (
     THRESHOLDS,
     Verdict,
     caption_f1,
@@ -25,6 +21,10 @@ from aligngpt.toyworld.verdict import (
     pope_accuracy,
     vqa_accuracy,
 )
+from aligngpt.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from aligngpt.scoring.summary import summary_paths
+from aligngpt.toyworld.evalsets import VQA_TASKS
+from aligngpt.toyworld.instructions import CAPTION_PROMPTS, EVAL_CAPTION_PROMPT, POPE_SPLITS
 
 SUMMARY_FILE = "summary.json"
 PLOT_DPI = 120
@@ -123,7 +123,7 @@ def _save(figure, path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=PLOT_DPI, bbox_inches="tight")  # keep outer labels
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _plot_levels(path: Path, sweeps: dict, seeds: list[int]) -> None:
@@ -377,7 +377,7 @@ def write_report(
               f"{g['per_sample_std']:.4f} |" for t, g in gate.items() if t != "max_entropy"],
         ]  # fmt: skip
     summary = study_summary(seeds=seeds, sweeps=sweeps, evaluations=evaluations, timings=timings, verdict=verdict)
-    atomic_write_json(out / SUMMARY_FILE, summary)
+    write_json_atomic(out / SUMMARY_FILE, summary)
     path = out / "report.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path

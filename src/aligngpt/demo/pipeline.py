@@ -1,56 +1,25 @@
 """``aligngpt demo``: world -> zoo -> score -> pretrain -> finetune -> eval, for AlignGPT and the LLaVA-1.5 baseline.
 
-Every step goes through the public API that real-scale runs use (``score_dataset``, ``train``, ``run_evaluation``,
-``aligngpt.load``); nothing here is a demo-only code path. Finished steps are recorded in ``steps.json`` with their
-settings and skipped on a rerun. Independent trainings run two at a time in worker processes, one torch thread each.
+This module is the study: which steps and jobs run, with which settings. Every step goes through the public API that
+real-scale runs use (``score_dataset``, ``train``, ``run_evaluation``, ``aligngpt.load``); nothing here is a demo-only
+code path. :mod:`aligngpt.demo.steps` runs them: finished steps are recorded in ``steps.json`` with their settings and
+skipped on a rerun; independent trainings run two at a time in worker processes, one torch thread each.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import multiprocessing
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from aligngpt.toyworld._io import atomic_write_json
-from aligngpt.toyworld.presets import ALIGNGPT, NUM_LEVELS, STAGE1_SOURCE, VARIANT_MODES, DemoPreset, get_preset
-from aligngpt.toyworld.progress import DemoClock, PlannedStage
+from aligngpt.demo.presets import ALIGNGPT, NUM_LEVELS, STAGE1_SOURCE, VARIANT_MODES, DemoPreset, get_preset
+from aligngpt.demo.progress import DemoClock, PlannedStage
+from aligngpt.demo.steps import STEPS_FILE, Job, StepLog, StepRunner, WorkerPool
 
-STEPS_FILE = "steps.json"
 STAGE1, SWEEP, STAGE2, EVALUATION = "stage 1 (pretrain)", "stage-1 level sweep", "stage 2 (finetune)", "evaluation"
 PHRASINGS = "caption phrasing sweep"  # studies with loose prompts: captions in every phrasing, with the gate
 # The zoo LLaMA learned Vicuna-v1 turns without the system prompt; it also keeps the sequences short.
 CHAT_TEMPLATE = "vicuna_v1_nosys"
-
-
-class StepLog:
-    """``steps.json``: per step, its settings digest, wall time and result; a step with the same digest is reused."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.steps: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
-
-    def run(self, name: str, settings: dict, fn: Callable[[], object], echo: Callable[[str], None]) -> object:
-        digest = _digest(settings)
-        done = self.steps.get(name)
-        if done is not None and done["digest"] == digest:
-            echo(f"[demo] {name}: reused ({done['seconds']:.0f} s when it ran)")
-            return done["result"]
-        echo(f"[demo] {name} ...")
-        start = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - start
-        self.steps[name] = {"digest": digest, "seconds": seconds, "result": result}
-        atomic_write_json(self.path, self.steps)
-        echo(f"[demo] {name}: done in {seconds:.0f} s")
-        return result
-
-    def seconds(self, prefix: str) -> float:
-        return sum(step["seconds"] for name, step in self.steps.items() if name.startswith(prefix))
 
 
 def _set_threads(threads: int) -> None:
@@ -78,8 +47,8 @@ def train_job(overrides: dict, threads: int) -> dict:
 def eval_job(model_dir: str, world_dir: str, out_dir: str, batch_size: int, threads: int) -> dict:
     """The toy benchmark through ``aligngpt eval``'s runner, plus the gate's weights by question type."""
     _set_threads(threads)
+    from aligngpt.demo.analysis import gate_statistics
     from aligngpt.evaluation.runner import run_evaluation
-    from aligngpt.toyworld.analysis import gate_statistics
 
     metrics = run_evaluation(model_dir, ["toyworld"], world_dir, out_dir, batch_size=batch_size)["toyworld"]
     gate = gate_statistics(Path(out_dir) / "toyworld" / "answers.jsonl", Path(world_dir))
@@ -90,44 +59,17 @@ def level_sweep_job(
     model_dir: str, world_dir: str, levels: int | None, batch_size: int, tokens: int, threads: int
 ) -> dict:
     _set_threads(threads)
-    from aligngpt.toyworld.analysis import caption_level_sweep
+    from aligngpt.demo.analysis import caption_level_sweep
 
     return caption_level_sweep(Path(model_dir), Path(world_dir), levels, batch_size, tokens)
 
 
 def phrasing_sweep_job(model_dir: str, world_dir: str, prompts: tuple[str, ...], batch_size: int, threads: int) -> dict:
     _set_threads(threads)
+    from aligngpt.demo.analysis import caption_phrasing_sweep
     from aligngpt.evaluation.benchmarks.toyworld import ToyWorld
-    from aligngpt.toyworld.analysis import caption_phrasing_sweep
 
     return caption_phrasing_sweep(Path(model_dir), Path(world_dir), prompts, batch_size, ToyWorld.max_new_tokens)
-
-
-class WorkerPool:
-    """Spawned worker processes shared by every stage of a study, so each worker imports torch and transformers
-    once rather than once per stage. With one worker (or one job) jobs run in this process."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._executor: ProcessPoolExecutor | None = None
-
-    def run(self, jobs: list[tuple[Callable, tuple]]) -> Iterator[tuple[int, object]]:
-        """Run ``jobs`` ``workers`` at a time; yields ``(job index, result)`` as each ends."""
-        if self.workers <= 1 or len(jobs) <= 1:
-            for index, (fn, args) in enumerate(jobs):
-                yield index, fn(*args)
-            return
-        if self._executor is None:
-            context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
-        futures = {self._executor.submit(fn, *args): index for index, (fn, args) in enumerate(jobs)}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-            self._executor = None
 
 
 def _common_train_settings(preset: DemoPreset, world: Path, seed: int, progress: bool) -> dict:
@@ -209,11 +151,11 @@ def run_demo(
     The model zoo is copied from the package where it ships one for the preset's zoo (the output of the same
     ``build_zoo``); ``rebuild_zoo`` trains it here instead.
     """
+    from aligngpt.demo.analysis import clip_score_quality
+    from aligngpt.demo.report import write_report
     from aligngpt.scoring.run import ScoreConfig, score_dataset
-    from aligngpt.toyworld.analysis import clip_score_quality
     from aligngpt.toyworld.dataset import DatasetConfig, write_dataset
     from aligngpt.toyworld.instructions import CAPTION_PROMPTS, InstructionConfig
-    from aligngpt.toyworld.report import write_report
     from aligngpt.toyworld.zoo.build import build_zoo
 
     if study is not None and full:
@@ -230,6 +172,8 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     log = StepLog(out / STEPS_FILE)
     clock = DemoClock(echo, workers)
+    pool = WorkerPool(workers)
+    runner = StepRunner(log, pool, echo)
     world, zoo, scored = out / "world", out / "zoo", out / "scored" / "pretrain.json"
 
     weights = {"task_weights": preset.instruction_weights} if preset.instruction_weights else {}
@@ -238,12 +182,12 @@ def run_demo(
                                      **weights)  # fmt: skip
     dataset = DatasetConfig(seed=0, n_pretrain=preset.n_pretrain, n_finetune=preset.n_finetune, n_eval=preset.n_eval,
                             instructions=instructions)  # fmt: skip
-    log.run("world", dataset.settings(), lambda: str(write_dataset(world, dataset, progress=progress)), echo)
+    runner.step("world", dataset.settings(), lambda: str(write_dataset(world, dataset, progress=progress)))
     clock.finished("world")
-    zoo_record = log.run(
+    zoo_record = runner.step(
         "zoo", {"size": preset.zoo_size, "seed": 0, "rebuilt": rebuild_zoo},
         lambda: build_zoo(zoo, seed=0, size=preset.zoo_size, threads=workers, progress=progress,
-                          shipped=not rebuild_zoo), echo,
+                          shipped=not rebuild_zoo),
     )  # fmt: skip
     zoo_weights = zoo_record["fingerprint"]  # every step below depends on the zoo's weights
     clock.finished("zoo")
@@ -251,46 +195,14 @@ def run_demo(
         data=world / "pretrain.json", images=world / "images", clip=str(zoo / "clip"), out=scored,
         num_levels=NUM_LEVELS, batch_size=256, workers=1, progress=progress,
     )  # fmt: skip
-    log.run("score", {"data": dataset.settings(), "zoo": zoo_weights},
-            lambda: str(score_dataset(score_config).out), echo)  # fmt: skip
-    clip_quality = log.run("clip-quality", {"scored": str(scored), "data": dataset.settings()},
-                           lambda: clip_score_quality(scored, NUM_LEVELS), echo)  # fmt: skip
+    runner.step("score", {"data": dataset.settings(), "zoo": zoo_weights}, lambda: str(score_dataset(score_config).out))
+    clip_quality = runner.step("clip-quality", {"scored": str(scored), "data": dataset.settings()},
+                               lambda: clip_score_quality(scored, NUM_LEVELS))  # fmt: skip
     clock.finished("score")
 
-    def job_digest(settings: dict) -> str:
-        return _digest({"settings": settings, "preset": _job_preset(preset), "zoo": zoo_weights})
-
-    def reusable(job_name: str, settings: dict) -> bool:
-        previous = log.steps.get(job_name)
-        return previous is not None and previous["digest"] == job_digest(settings)
-
-    pool = WorkerPool(workers)
-
-    def stage(name: str, jobs: list[tuple[str, dict, Callable, tuple]]) -> dict[str, object]:
-        """Run the jobs not yet done (in parallel), record each; returns results by job name."""
-        results = {}
-        todo = []
-        for job_name, settings, fn, args in jobs:
-            if reusable(job_name, settings):
-                echo(f"[demo] {job_name}: reused")
-                results[job_name] = log.steps[job_name]["result"]
-            else:
-                todo.append((job_name, settings, fn, args))
-        if todo:
-            echo(f"[demo] {name}: {', '.join(j[0] for j in todo)} ({min(workers, len(todo))} at a time)")
-            start = last = time.perf_counter()
-            for index, result in pool.run([(fn, args) for _, _, fn, args in todo]):
-                # Each finished job is recorded at once (an interrupted stage keeps it); its "seconds" is the wall
-                # time since the previous job ended, so a stage's seconds add up to its wall time.
-                job_name, settings = todo[index][:2]
-                now = time.perf_counter()
-                log.steps[job_name] = {"digest": job_digest(settings), "seconds": now - last, "result": result}
-                last = now
-                results[job_name] = result
-                atomic_write_json(log.path, log.steps)
-                echo(f"[demo] {job_name}: done")
-            echo(f"[demo] {name}: done in {time.perf_counter() - start:.0f} s")
-        return results
+    def study_job(name: str, settings: dict, fn: Callable, args: tuple) -> Job:
+        """A training-side job: its result depends on its settings, the preset and the zoo's weights."""
+        return Job(name, {"settings": settings, "preset": _job_preset(preset), "zoo": zoo_weights}, fn, args)
 
     # Every stage's jobs are built before the first runs, so the progress estimate knows which will be reused.
     stage1_variants = sorted({STAGE1_SOURCE[variant] for variant in preset.variants}, key=list(VARIANT_MODES).index)
@@ -298,7 +210,7 @@ def run_demo(
     for seed in seed_list:
         for variant in stage1_variants:
             settings = stage1_settings(preset, out, world, zoo, scored, variant, seed, progress)
-            pretrain_jobs.append((f"pretrain/seed{seed}/{variant}", settings, train_job, (settings, 1)))
+            pretrain_jobs.append(study_job(f"pretrain/seed{seed}/{variant}", settings, train_job, (settings, 1)))
 
     sweep_jobs = []
     for seed in seed_list:
@@ -307,14 +219,16 @@ def run_demo(
             model_dir = str(out / "runs" / f"seed{seed}" / f"{variant}-stage1")
             args = (model_dir, str(world), levels, preset.eval_batch_size, preset.caption_tokens, 1)
             sweep_jobs.append(
-                (f"level-sweep/seed{seed}/{variant}", {"model": model_dir, "levels": levels}, level_sweep_job, args)
+                study_job(
+                    f"level-sweep/seed{seed}/{variant}", {"model": model_dir, "levels": levels}, level_sweep_job, args
+                )
             )
 
     finetune_jobs = []
     for seed in seed_list:
         for variant in preset.variants:
             settings = stage2_settings(preset, out, world, variant, seed, progress)
-            finetune_jobs.append((f"finetune/seed{seed}/{variant}", settings, train_job, (settings, 1)))
+            finetune_jobs.append(study_job(f"finetune/seed{seed}/{variant}", settings, train_job, (settings, 1)))
 
     eval_jobs = []
     for seed in seed_list:
@@ -322,7 +236,7 @@ def run_demo(
             model_dir = str(out / "runs" / f"seed{seed}" / variant)
             eval_out = str(out / "eval" / f"seed{seed}" / variant)
             args = (model_dir, str(world), eval_out, preset.eval_batch_size, 1)
-            eval_jobs.append((f"eval/seed{seed}/{variant}", {"model": model_dir}, eval_job, args))
+            eval_jobs.append(study_job(f"eval/seed{seed}/{variant}", {"model": model_dir}, eval_job, args))
 
     phrasing_jobs = []
     if preset.loose_prompts:
@@ -331,7 +245,7 @@ def run_demo(
                 model_dir = str(out / "runs" / f"seed{seed}" / variant)
                 args = (model_dir, str(world), CAPTION_PROMPTS, preset.eval_batch_size, 1)
                 settings = {"model": model_dir, "prompts": CAPTION_PROMPTS}
-                phrasing_jobs.append((f"phrasings/seed{seed}/{variant}", settings, phrasing_sweep_job, args))
+                phrasing_jobs.append(study_job(f"phrasings/seed{seed}/{variant}", settings, phrasing_sweep_job, args))
 
     stages = {
         STAGE1: (pretrain_jobs, preset.pretrain_steps),
@@ -340,23 +254,20 @@ def run_demo(
         EVALUATION: (eval_jobs, 0),
         **({PHRASINGS: (phrasing_jobs, 0)} if phrasing_jobs else {}),
     }
-    clock.plan([
-        PlannedStage(name, sum(not reusable(job[0], job[1]) for job in jobs), steps)
-        for name, (jobs, steps) in stages.items()
-    ])  # fmt: skip
+    clock.plan([PlannedStage(name, runner.pending(jobs), steps) for name, (jobs, steps) in stages.items()])
     try:
-        stage1 = stage(STAGE1, pretrain_jobs)
+        stage1 = runner.stage(STAGE1, pretrain_jobs)
         # stage 1's recorded wall time (this run's, or the earlier run's for reused jobs) prices the later steps
-        clock.measure(sum(log.steps[job[0]]["seconds"] for job in pretrain_jobs), len(pretrain_jobs),
+        clock.measure(sum(log.steps[job.name]["seconds"] for job in pretrain_jobs), len(pretrain_jobs),
                       preset.pretrain_steps)  # fmt: skip
         clock.finished(STAGE1)
-        sweeps = stage(SWEEP, sweep_jobs)
+        sweeps = runner.stage(SWEEP, sweep_jobs)
         clock.finished(SWEEP)
-        finals = stage(STAGE2, finetune_jobs)
+        finals = runner.stage(STAGE2, finetune_jobs)
         clock.finished(STAGE2)
-        evaluations = stage(EVALUATION, eval_jobs)
+        evaluations = runner.stage(EVALUATION, eval_jobs)
         clock.finished(EVALUATION)
-        phrasings = stage(PHRASINGS, phrasing_jobs) if phrasing_jobs else {}
+        phrasings = runner.stage(PHRASINGS, phrasing_jobs) if phrasing_jobs else {}
         if phrasing_jobs:
             clock.finished(PHRASINGS)
     finally:
@@ -365,7 +276,7 @@ def run_demo(
     report = write_report(
         out, preset=preset, size=size, seeds=seed_list, zoo=zoo_record, clip_quality=clip_quality, scored=scored,
         stage1=stage1, sweeps=sweeps, finals=finals, evaluations=evaluations, phrasings=phrasings,
-        timings=_timings(log, {name: [job[0] for job in jobs] for name, (jobs, _) in stages.items()}),
+        timings=_timings(log, {name: [job.name for job in jobs] for name, (jobs, _) in stages.items()}),
     )  # fmt: skip
     echo(f"[demo] report: {report}")
     echo(f"[demo] chat with the result: aligngpt chat --model {out / 'runs' / 'seed0' / ALIGNGPT} "
@@ -376,10 +287,6 @@ def run_demo(
 def _job_preset(preset: DemoPreset) -> dict:
     """The preset fields a job's result depends on: not which seeds or other variants run beside it."""
     return {key: value for key, value in asdict(preset).items() if key not in ("seeds", "variants")}
-
-
-def _digest(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _timings(log: StepLog, stage_jobs: dict[str, list[str]]) -> dict[str, float]:

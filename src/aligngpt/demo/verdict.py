@@ -19,9 +19,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from aligngpt.toyworld.analysis import spearman
+from aligngpt.demo.analysis import spearman
+from aligngpt.demo.presets import ALIGNGPT, BASELINE, STUDIES, get_preset
 from aligngpt.toyworld.instructions import POPE_SPLITS
-from aligngpt.toyworld.presets import ALIGNGPT, BASELINE, STUDIES, get_preset
 
 FULL_SIZE = "full"  # the preset whose seed spread single-seed differences are read against
 

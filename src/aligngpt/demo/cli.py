@@ -39,7 +39,7 @@ def demo(
     ),
 ) -> None:
     """World -> zoo -> CLIP levels -> stage 1 -> stage 2 -> eval, for AlignGPT and LLaVA-1.5; writes report.md."""
-    from aligngpt.toyworld.pipeline import run_demo
+    from aligngpt.demo.pipeline import run_demo
 
     chosen = tuple(name.strip() for name in variants.split(",") if name.strip()) if variants else None
     report = run_demo(out, size=size, seeds=seeds, full=full, workers=workers, variants=chosen,

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from aligngpt.cli import app
-from aligngpt.toyworld.analysis import gate_summary
+from aligngpt.demo.analysis import gate_summary
+from aligngpt.demo.noisy import NoisyStudy
+from aligngpt.demo.presets import ALIGNGPT, ALL_VARIANTS, BASELINE, get_preset
 from aligngpt.toyworld.instructions import CAPTION_PROMPTS, EVAL_CAPTION_PROMPT
-from aligngpt.toyworld.noisy import NoisyStudy
-from aligngpt.toyworld.presets import ALIGNGPT, ALL_VARIANTS, BASELINE, get_preset
 
 LEVELS = 7
 LOOSE = (CAPTION_PROMPTS[2],)
@@ -120,7 +120,7 @@ def test_smoke_study_end_to_end(tmp_path):
     assert loose and all(r["noisy"] == [True] for r in loose)
 
     # the gate probe reruns stage 2 from this study's stage 1; a 100x gate LR moves the gate further in 3 steps
-    from aligngpt.toyworld.gate_probe import CHANGES, run_probe
+    from aligngpt.demo.gate_probe import CHANGES, run_probe
 
     changes = tuple(c for c in CHANGES if c.name in ("recipe", "gate-lr-x100", "prompt-input"))
     probe = run_probe(out, tmp_path / "probe", [0], changes, workers=1, study="noisy-smoke", echo=lambda _: None)
@@ -138,7 +138,7 @@ def test_smoke_study_end_to_end(tmp_path):
     assert prompt_first["gate_grad_norm"] != pytest.approx(first["gate_grad_norm"], rel=1e-4)
     assert re.search(r"^\| seed0/gate-lr-x100 \| \d\.\d\de-\d\d \|", probe.read_text(), re.M)
 
-    from aligngpt.toyworld.gate_probe import run_forced_levels, run_start_gates
+    from aligngpt.demo.gate_probe import run_forced_levels, run_start_gates
 
     start = json.loads(run_start_gates(out, tmp_path / "probe", [0], changes).read_text())
     assert start["seed0/recipe"] == start["seed0/gate-lr-x100"]  # both start from the study's stage-1 model
@@ -159,7 +159,7 @@ def test_study_and_full_together_are_refused(tmp_path):
 
 
 def test_gate_input_separation_finds_a_shifted_dimension_and_not_noise():
-    from aligngpt.toyworld.gate_probe import gate_input_separation
+    from aligngpt.demo.gate_probe import gate_input_separation
 
     rng = np.random.default_rng(0)
     images = rng.normal(size=(200, 9))  # the same images under every prompt
@@ -176,7 +176,7 @@ def test_scale_gate_init_scales_only_the_output_layer(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from aligngpt.toyworld.gate_probe import scale_gate_init
+    from aligngpt.demo.gate_probe import scale_gate_init
 
     source = tmp_path / "stage1"
     source.mkdir()

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from aligngpt.toyworld.pipeline import StepLog, _timings
-from aligngpt.toyworld.progress import NO_ESTIMATE_YET, DemoClock, PlannedStage
-from aligngpt.toyworld.report import SUMMARY_FILE, study_summary
-from aligngpt.toyworld.verdict import THRESHOLDS, Stage1Check, Stage2Check, Thresholds, judge
+from aligngpt.demo.pipeline import _timings
+from aligngpt.demo.progress import NO_ESTIMATE_YET, DemoClock, PlannedStage
+from aligngpt.demo.report import SUMMARY_FILE, study_summary
+from aligngpt.demo.steps import StepLog
+from aligngpt.demo.verdict import THRESHOLDS, Stage1Check, Stage2Check, Thresholds, judge
 
 GROUNDED = (0.15, 0.43, 0.62, 0.72, 0.81, 0.90, 0.90, 0.91)  # the --full run's seed 0 (docs/toyworld.md)
 CONVERGED = {"caption_f1": 0.94, "pope": 0.85, "vqa": 0.65}
