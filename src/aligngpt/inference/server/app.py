@@ -18,16 +18,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-<<<<<<< HEAD
 from aligngpt.inference.pipeline import AlignGPTPipeline
 from aligngpt.inference.server import encoding
 from aligngpt.inference.server.budget import TokenBudget
 from aligngpt.inference.server.config import ServerConfig
 from aligngpt.inference.server.dispatch import Dispatcher
-=======
-from aligngpt.inference.images import DEFAULT_MAX_BYTES, REQUEST_MAX_PIXELS, ImageError, ImagePolicy, load_image
-from aligngpt.inference.pipeline import AlignGPTPipeline, GenerationSettings
->>>>>>> 8920517d4aad786133aca99cd0de2a7521451c01
 from aligngpt.inference.server.errors import APIError, install_error_handlers
 from aligngpt.inference.server.image_fetch import fetch_image
 from aligngpt.inference.server.scheduler import BatchScheduler
@@ -39,7 +34,6 @@ CLIENT_CLOSED_REQUEST = 499  # the client hung up before the answer was ready (n
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-<<<<<<< HEAD
 def check_api_key(request: Request, api_key: str | None) -> None:
     """Without a configured key every request passes; with one, ``Authorization: Bearer <key>`` is required."""
     if not api_key:
@@ -48,36 +42,6 @@ def check_api_key(request: Request, api_key: str | None) -> None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), api_key):
         raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')", "invalid_api_key")
-=======
-@dataclass
-class ServerConfig:
-    """Limits and policies of one server. ``max_prompt_tokens=None`` uses the model's context length."""
-
-    model_name: str = "aligngpt"
-    api_key: str | None = None
-    allow_dirs: tuple[Path, ...] = ()
-    allow_remote_images: bool = False
-    max_body_bytes: int = 32 * MIB
-    max_image_bytes: int = DEFAULT_MAX_BYTES
-    max_image_pixels: int = REQUEST_MAX_PIXELS
-    max_prompt_tokens: int | None = None
-    max_tokens_limit: int = 1024
-    default_max_tokens: int = 512
-    default_temperature: float = 0.2
-    default_top_p: float = 0.7
-    max_queue: int = 64
-    max_batch_size: int = 8
-    batch_wait_ms: float = 10.0
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def image_policy(self) -> ImagePolicy:
-        return ImagePolicy(
-            allow_dirs=tuple(self.allow_dirs),
-            allow_remote=self.allow_remote_images,
-            max_pixels=self.max_image_pixels,
-            max_bytes=self.max_image_bytes,
-        )
->>>>>>> 8920517d4aad786133aca99cd0de2a7521451c01
 
 
 async def read_body(request: Request, limit: int) -> bytes:

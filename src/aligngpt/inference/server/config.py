@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aligngpt.inference.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImagePolicy
+from aligngpt.inference.images import DEFAULT_MAX_BYTES, REQUEST_MAX_PIXELS, ImagePolicy
 
 MIB = 1024 * 1024
 
@@ -21,7 +21,7 @@ class ServerConfig:
     allow_remote_images: bool = False
     max_body_bytes: int = 32 * MIB
     max_image_bytes: int = DEFAULT_MAX_BYTES
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_pixels: int = REQUEST_MAX_PIXELS
     max_prompt_tokens: int | None = None
     max_tokens_limit: int = 1024
     default_max_tokens: int = 512
