@@ -21,7 +21,7 @@ ROOT = "aligngpt"  # the package's own __init__.py: ``aligngpt.load`` hands over
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(names)
     for names in (
-        {"errors"},
+        {"errors", "prompts", "choices"},
         {"registration", "model_files", "commands", "fileio"},
         {"config"},
         {"modeling"},

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from aligngpt.choices import GATE_TEXT_SPANS, IMAGE_ASPECT_RATIOS
 from aligngpt.registration import ensure_model_classes_registered
 
 MODEL_TYPE = "aligngpt_vlm"
@@ -23,10 +24,6 @@ PROJECTOR_TYPES = ("linear", "identity", "mlpNx_gelu")
 FEATURE_SELECTIONS = ("patch", "cls_patch", "all")
 ALIGNMENT_KINDS = ("adaptive", "global", "local", "uniform", "fixed", "none")
 _FIXED_PREFIX = "fixed:"
-IMAGE_ASPECT_RATIOS = ("pad", "square")
-# Which text positions the gate averages in training: every text token (the official code: prompt and answer) or the
-# prompt only (the answer excluded, which is what the gate sees at inference).
-GATE_TEXT_SPANS = ("all", "prompt")
 
 # Vision encoders whose sequence starts with a CLS token (SigLIP and similar have none).
 _VISION_TYPES_WITHOUT_CLS = ("siglip", "siglip2")

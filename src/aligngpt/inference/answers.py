@@ -13,10 +13,12 @@ model and settings (the run record). When every question is answered the partial
 when answers also came from an earlier ``<out>``, ``<out>`` is rewritten atomically in question order), so ``<out>``
 only ever appears complete.
 
-The resume rule: a rerun keeps every answer it can trust and answers the rest. A torn last line of the partial file
-(a kill or a full disk before its newline) is cut off and redone, even when it parses; a damaged complete line is
-dropped with a warning and redone. A rerun whose model or settings differ from the run record, or whose questions
-differ from those the kept answers were written for, is refused with a message that says what changed.
+The resume rule: a rerun keeps every answer it can trust and answers the rest, in the batches of an uninterrupted
+run with the same ``batch_size``, so a resumed file equals an uninterrupted one byte for byte. A torn last line of
+the partial file (a kill or a full disk before its newline) is cut off and redone, even when it parses; a damaged
+complete line is dropped with a warning and redone. A rerun whose model or settings differ from the run record, or
+whose questions differ from those the kept answers were written for, is refused with a message that says what
+changed.
 """
 
 from __future__ import annotations
@@ -272,11 +274,11 @@ def answer_tasks(
             open(partial, "a", encoding="utf-8") as handle,
             tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=desc, unit="q", disable=not progress) as bar,
         ):
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
+            for chunk in _batches_to_answer(tasks, done, batch_size):
                 requests = [(None if t.image is None else t.image(), t.message) for t in chunk]
                 answers = pipeline.generate_batch(requests, settings, aspect_ratio=aspect_ratio)
-                for task, answer in zip(chunk, answers):
+                new = [(task, answer) for task, answer in zip(chunk, answers) if task.key not in done]
+                for task, answer in new:
                     extra = {"alignment_weights": answer.alignment_weights}
                     extra["level_coefficients"] = answer.level_coefficients
                     record = task.record(answer.text, model_id, {**metadata, **extra})
@@ -285,9 +287,20 @@ def answer_tasks(
                     handle.write(jsonl_line(record))
                 handle.flush()
                 os.fsync(handle.fileno())
-                bar.update(len(chunk))
+                bar.update(len(new))
     _publish(out, partial, partial_keys, finished, [done[task.key] for task in tasks])
     return AnswerSummary(len(tasks), len(todo), len(tasks) - len(todo))
+
+
+def _batches_to_answer(tasks: Sequence[AnswerTask], done: Mapping[str, dict], size: int) -> Iterable[list]:
+    """The question list cut into fixed batches of ``size`` (batch k: questions k*size .. k*size+size-1), those with a
+    question still to answer. A resumed batch is generated whole, its answered questions included (their new answers
+    are dropped), so every answer comes from the same batch as in an uninterrupted run: batched decoding pads to the
+    longest prompt of the batch, and a different batch changes the gate's weights in their last float digits."""
+    for start in range(0, len(tasks), size):
+        chunk = list(tasks[start : start + size])
+        if any(task.key not in done for task in chunk):
+            yield chunk
 
 
 def _publish(out: Path, partial: Path, partial_keys: list[str], finished: list[dict], answers: list[dict]) -> None:

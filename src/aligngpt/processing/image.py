@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from aligngpt.config import IMAGE_ASPECT_RATIOS
+from aligngpt.choices import IMAGE_ASPECT_RATIOS
 from aligngpt.processing.rgb import to_rgb
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from aligngpt.config import GATE_TEXT_SPANS, IMAGE_ASPECT_RATIOS
+from aligngpt.choices import GATE_TEXT_SPANS, IMAGE_ASPECT_RATIOS
 from aligngpt.data.constants import ON_BAD_RECORD
 from aligngpt.training.recipes import get_recipe
 
