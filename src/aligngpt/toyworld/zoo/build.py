@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -173,36 +174,23 @@ def _build_llama(
     }
 
 
-def _clip_part(
+def _model_part(
+    part_dir: str,
+    build: Callable[..., dict],
     zoo_dir: Path,
     key: str,
     part_settings: dict,
     seed: int,
     world: WorldConfig,
-    settings: ClipSettings,
+    settings: ClipSettings | LlamaSettings,
     progress: bool,
     threads: int,
 ) -> dict:
-    """Build (or reuse) the CLIP part; a top-level function so a worker process can run it."""
+    """Build (or reuse) the CLIP or LLaMA part with ``build`` (:func:`_build_clip` / :func:`_build_llama`); a
+    top-level function so a worker process can run it."""
     with torch_threads(threads):
         return build_part(
-            zoo_dir / CLIP_DIR, key, part_settings, lambda d: _build_clip(d, zoo_dir, seed, world, settings, progress)
-        )
-
-
-def _llama_part(
-    zoo_dir: Path,
-    key: str,
-    part_settings: dict,
-    seed: int,
-    world: WorldConfig,
-    settings: LlamaSettings,
-    progress: bool,
-    threads: int,
-) -> dict:
-    with torch_threads(threads):
-        return build_part(
-            zoo_dir / LLAMA_DIR, key, part_settings, lambda d: _build_llama(d, zoo_dir, seed, world, settings, progress)
+            zoo_dir / part_dir, key, part_settings, lambda d: build(d, zoo_dir, seed, world, settings, progress)
         )
 
 
@@ -280,20 +268,20 @@ def build_zoo(
             zoo_dir / TOKENIZER_DIR, tok_key, tok_settings, lambda d: _build_tokenizer(d, seed, world, settings)
         ),
     }
-    clip_args = (zoo_dir, *keys[CLIP_DIR], seed, world, settings.clip, progress)
-    llama_args = (zoo_dir, *keys[LLAMA_DIR], seed, world, settings.llama, progress)
+    clip_args = (CLIP_DIR, _build_clip, zoo_dir, *keys[CLIP_DIR], seed, world, settings.clip, progress)
+    llama_args = (LLAMA_DIR, _build_llama, zoo_dir, *keys[LLAMA_DIR], seed, world, settings.llama, progress)
     both_missing = (
-        finished_part(zoo_dir / CLIP_DIR, clip_args[1]) is None
-        and finished_part(zoo_dir / LLAMA_DIR, llama_args[1]) is None
+        finished_part(zoo_dir / CLIP_DIR, clip_args[3]) is None
+        and finished_part(zoo_dir / LLAMA_DIR, llama_args[3]) is None
     )
     if threads >= 2 and both_missing:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            clip_job = pool.submit(_clip_part, *clip_args, threads // 2)
-            parts["llama"] = _llama_part(*llama_args, threads - threads // 2)
+            clip_job = pool.submit(_model_part, *clip_args, threads // 2)
+            parts["llama"] = _model_part(*llama_args, threads - threads // 2)
             parts["clip"] = clip_job.result()
     else:
-        parts["clip"] = _clip_part(*clip_args, threads)
-        parts["llama"] = _llama_part(*llama_args, threads)
+        parts["clip"] = _model_part(*clip_args, threads)
+        parts["llama"] = _model_part(*llama_args, threads)
     for name in ("tokenizer", "clip", "llama"):
         parts[name]["shipped"] = name in copied or (zoo_dir / name / SHIPPED_MARKER).is_file()
     record = {
