@@ -22,8 +22,9 @@ require_module("lmms_eval")  # optional (see docs/evaluation.md); installed by `
 from lmms_eval.api.instance import Instance  # noqa: E402
 from lmms_eval.models.registry_v2 import ModelRegistryV2  # noqa: E402
 
-from aligngpt.evaluation.lmms_eval_plugin import MODEL_ID, AlignGPTLmms, cut_at_stops, manifest  # noqa: E402
+from aligngpt.evaluation.lmms_eval_plugin import MODEL_ID, AlignGPTLmms, manifest  # noqa: E402
 from aligngpt.inference.pipeline import GenerationSettings  # noqa: E402
+from aligngpt.processing.stops import cut_at_stops  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[2]

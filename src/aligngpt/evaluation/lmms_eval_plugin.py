@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from aligngpt.data.images import to_rgb
+from aligngpt.processing.stops import cut_at_stops
 
 MODEL_ID = "aligngpt"
 CLASS_PATH = f"{__name__}.AlignGPTLmms"
@@ -271,12 +272,6 @@ class AlignGPTLmms(lmms):
             mine = rows == row
             results.append((float(token_scores[mine].sum()), bool(token_greedy[mine].all())))
         return results
-
-
-def cut_at_stops(text: str, stops: Sequence[str]) -> str:
-    """``text`` up to the first occurrence of any stop string (lmms-eval's ``until``)."""
-    cut = min((text.find(stop) for stop in stops if stop and stop in text), default=-1)
-    return text if cut < 0 else text[:cut]
 
 
 def _group_by_kwargs(args: Sequence[tuple], key_index: int) -> list[tuple[dict, list[int]]]:

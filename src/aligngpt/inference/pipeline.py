@@ -15,6 +15,7 @@ from PIL import Image
 from aligngpt.model_files import check_model_source, verify_model_folder, without_weight_progress_bars
 from aligngpt.modeling import AlignGPTForConditionalGeneration
 from aligngpt.processing import IMAGE_TOKEN, AlignGPTProcessor, ChatTemplate, get_template
+from aligngpt.processing.stops import end_token_ids
 
 OFFICIAL_MODEL_TYPES = ("aligngpt", "llava_llama", "llava")
 
@@ -219,7 +220,7 @@ def _generate_no_grad(model, kwargs) -> None:
 
 def _strip_padding(ids: list[int], tokenizer) -> list[int]:
     """Drop everything from the first EOS / pad after the answer."""
-    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    ends = end_token_ids(tokenizer)
     for position, token in enumerate(ids):
         if token in ends:
             return ids[:position]

@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from aligngpt.inference.pipeline import AlignGPTPipeline, GenerationSettings, _capture_alignment_weights
+from aligngpt.processing.stops import end_token_ids, first_stop, stop_prefix_length
 
 REPLACEMENT_CHAR = "\ufffd"  # an incomplete UTF-8 sequence decodes to this; wait for the next token
 
@@ -138,7 +139,7 @@ class RowDecoder:
             return self._finish(FINISH_STOP, self._decoded(), hold=0)
         self.token_ids.append(token)
         full = self._decoded()
-        cut = min((full.find(stop) for stop in self.stops if stop in full), default=-1)
+        cut = first_stop(full, self.stops)
         if cut >= 0:
             return self._finish(FINISH_STOP, full[:cut], hold=0)
         if len(self.token_ids) >= self.max_new_tokens:
@@ -157,13 +158,7 @@ class RowDecoder:
         """Characters at the end of ``full`` that may still turn into a stop string or a complete character."""
         if full.endswith(REPLACEMENT_CHAR):
             return len(full) - len(full.rstrip(REPLACEMENT_CHAR))
-        hold = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(full)), hold, -1):
-                if full.endswith(stop[:size]):
-                    hold = size
-                    break
-        return hold
+        return stop_prefix_length(full, self.stops)
 
     def _emit(self, full: str, hold: int) -> str:
         visible = full[: len(full) - hold] if hold else full
@@ -228,7 +223,7 @@ def generate_streams(pipeline: AlignGPTPipeline, requests: Sequence[StreamReques
     if len(keys) > 1:
         raise ValueError(f"requests in one batch must share sampling settings, got {sorted(keys)}")
     tokenizer = pipeline.processor.tokenizer
-    end_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    end_ids = end_token_ids(tokenizer)
     decoders = [
         RowDecoder(
             tokenizer,

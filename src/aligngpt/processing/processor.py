@@ -26,6 +26,7 @@ from aligngpt.config import AlignGPTConfig
 from aligngpt.modeling.aligngpt import IGNORE_INDEX
 from aligngpt.processing.image import preprocess_images
 from aligngpt.processing.jinja_templates import DEFAULT_KEY, jinja_chat_templates, jinja_template
+from aligngpt.processing.stops import cut_at_stops
 from aligngpt.processing.templates import (
     ChatTemplate,
     Segment,
@@ -452,10 +453,9 @@ class AlignGPTProcessor(ProcessorMixin):
         text = self.tokenizer.decode(
             self._without_markers(token_ids), skip_special_tokens=skip_special_tokens, **kwargs
         )
-        for stop in self.template.stop_strings:
-            if stop.strip() and stop in text:
-                text = text.split(stop)[0]
-        return text.strip()
+        # A whitespace-only stop (the plain template's newline) is left to generate's stopping: cut here, a leading
+        # newline would empty the answer.
+        return cut_at_stops(text, [stop for stop in self.template.stop_strings if stop.strip()]).strip()
 
     def batch_decode(self, sequences, **kwargs) -> list[str]:
         """The tokenizer's ``batch_decode`` of ``[B, L]`` ids, image / alignment markers dropped first."""
