@@ -20,6 +20,7 @@ from aligngpt.config import LEGACY_ALIGNMENT_TOKEN_ID, LEGACY_IMAGE_TOKEN_ID, Al
 from aligngpt.errors import UserError
 from aligngpt.modeling import IGNORE_INDEX, AlignGPTForConditionalGeneration, init_marker_rows
 from aligngpt.processing import AlignGPTProcessor, add_marker_tokens, load_image_processor, load_tokenizer
+from aligngpt.processing.layout import expand_image, pad_rows
 
 OFFICIAL_IMAGE_TOKEN = LEGACY_IMAGE_TOKEN_ID
 OFFICIAL_NUM_IMAGE_TOKENS = 576  # the official gate's hard-coded input width
@@ -251,23 +252,21 @@ def batch_from_official(
         if OFFICIAL_IMAGE_TOKEN in ids:
             if ids.count(OFFICIAL_IMAGE_TOKEN) > 1:
                 raise ValueError(f"row {row}: more than one image placeholder")
-            at = ids.index(OFFICIAL_IMAGE_TOKEN)
-            ids[at : at + 1] = [image_token_id] * num_image_tokens
-            labs[at : at + 1] = [IGNORE_INDEX] * num_image_tokens
-            if alignment_token_id is not None:
-                slot = 1 if bos_token_id is not None and ids[0] == bos_token_id else 0
-                ids.insert(slot, alignment_token_id)
-                labs.insert(slot, IGNORE_INDEX)
+            expand_image(
+                ids,
+                labs,
+                ids.index(OFFICIAL_IMAGE_TOKEN),
+                image_token_id=image_token_id,
+                num_image_tokens=num_image_tokens,
+                alignment_token_id=alignment_token_id,
+                alignment_slot=1 if bos_token_id is not None and ids[0] == bos_token_id else 0,
+            )
             image_rows.append(row)
         rows.append(ids)
         row_labels.append(labs)
-    length = max(len(ids) for ids in rows)
-    batch = {
-        "input_ids": torch.tensor([ids + [pad_token_id] * (length - len(ids)) for ids in rows]),
-        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in rows]),
-    }
+    batch = {"input_ids": pad_rows(rows, pad_token_id), "attention_mask": pad_rows([[1] * len(r) for r in rows], 0)}
     if labels is not None:
-        batch["labels"] = torch.tensor([labs + [IGNORE_INDEX] * (length - len(labs)) for labs in row_labels])
+        batch["labels"] = pad_rows(row_labels, IGNORE_INDEX)
     if pixel_values is not None and image_rows:
         batch["pixel_values"] = pixel_values[image_rows]
     if align_ids is not None:

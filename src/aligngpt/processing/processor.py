@@ -26,6 +26,7 @@ from aligngpt.config import AlignGPTConfig
 from aligngpt.modeling.aligngpt import IGNORE_INDEX
 from aligngpt.processing.image import preprocess_images
 from aligngpt.processing.jinja_templates import DEFAULT_KEY, jinja_chat_templates, jinja_template
+from aligngpt.processing.layout import expand_image, pad_rows
 from aligngpt.processing.stops import cut_at_stops
 from aligngpt.processing.templates import (
     ChatTemplate,
@@ -252,15 +253,16 @@ class AlignGPTProcessor(ProcessorMixin):
         if n_images > 1:
             raise ValueError(f"a sample may hold one {IMAGE_TOKEN}, found {n_images}")
         if n_images:
-            at = ids.index(self.image_token_id)
-            ids[at : at + 1] = [self.image_token_id] * self.num_image_tokens
-            labels[at : at + 1] = [IGNORE_INDEX] * self.num_image_tokens
-            offsets[at : at + 1] = [NO_OFFSET] * self.num_image_tokens
-            if self.use_alignment_token:
-                slot = 1 if add_bos and self.bos_token_id is not None else 0
-                ids.insert(slot, self.alignment_token_id)
-                labels.insert(slot, IGNORE_INDEX)
-                offsets.insert(slot, NO_OFFSET)
+            expand_image(
+                ids,
+                labels,
+                ids.index(self.image_token_id),
+                image_token_id=self.image_token_id,
+                num_image_tokens=self.num_image_tokens,
+                alignment_token_id=self.alignment_token_id if self.use_alignment_token else None,
+                alignment_slot=1 if add_bos and self.bos_token_id is not None else 0,
+                columns=[(offsets, NO_OFFSET)],
+            )
         if truncate and len(ids) > self.model_max_length:
             if n_images and ids[self.model_max_length - 1 :].count(self.image_token_id) > 0:
                 raise ValueError(
@@ -324,18 +326,11 @@ class AlignGPTProcessor(ProcessorMixin):
         """
         if padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
-        length = max(len(sample.input_ids) for sample in samples)
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
-        labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
-        for row, sample in enumerate(samples):
-            n = len(sample.input_ids)
-            span = slice(0, n) if padding_side == "right" else slice(length - n, length)
-            input_ids[row, span] = torch.tensor(sample.input_ids)
-            labels[row, span] = torch.tensor(sample.labels)
-            attention_mask[row, span] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = {
+            "input_ids": pad_rows([s.input_ids for s in samples], self.tokenizer.pad_token_id, padding_side),
+            "attention_mask": pad_rows([[1] * len(s.input_ids) for s in samples], 0, padding_side),
+            "labels": pad_rows([s.labels for s in samples], IGNORE_INDEX, padding_side),
+        }
         pixels = [sample.pixel_values for sample in samples if sample.has_image]
         if pixels:
             if any(p is None for p in pixels):
