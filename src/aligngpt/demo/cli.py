@@ -21,8 +21,8 @@ def demo(
         None,
         "--study",
         help="A study preset instead of a size: noisy-tasks (one caption phrasing answered like stage-1 partial "
-        "captions; 3 seeds, all six variants, captions in every phrasing and the gate per phrasing; about 30 min on "
-        "2 idle cores, 63 min measured under load, docs/toyworld.md), or noisy-smoke (the same at smoke size).",
+        "captions; 3 seeds, all six variants, captions in every phrasing and the gate per phrasing; 48 min "
+        "measured on 2 cores, docs/toyworld.md), or noisy-smoke (the same at smoke size).",
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="Trainings run in parallel, one torch thread each."),
     rebuild_zoo: bool = typer.Option(
