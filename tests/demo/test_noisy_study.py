@@ -159,7 +159,7 @@ def test_study_and_full_together_are_refused(tmp_path):
 
 
 def test_gate_input_separation_finds_a_shifted_dimension_and_not_noise():
-    from aligngpt.demo.gate_probe import gate_input_separation
+    from aligngpt.demo.gate_measures import gate_input_separation
 
     rng = np.random.default_rng(0)
     images = rng.normal(size=(200, 9))  # the same images under every prompt
@@ -176,7 +176,7 @@ def test_scale_gate_init_scales_only_the_output_layer(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from aligngpt.demo.gate_probe import scale_gate_init
+    from aligngpt.demo.gate_measures import scale_gate_init
 
     source = tmp_path / "stage1"
     source.mkdir()

@@ -12,7 +12,16 @@ import pytest
 from typer.testing import CliRunner
 
 from aligngpt.cli import app
-from aligngpt.demo.steps import STEPS_FILE, DamagedStepLog, Job, StepLog, StepRunner, WorkerPool, digest
+from aligngpt.demo.steps import (
+    STEPS_FILE,
+    DamagedStepLog,
+    Job,
+    StepLog,
+    StepRunner,
+    WorkerPool,
+    digest,
+    set_threads,
+)
 
 
 def _runner(tmp_path, lines: list[str], workers: int = 1) -> StepRunner:
@@ -119,3 +128,17 @@ def test_the_demo_refuses_a_damaged_steps_file_without_a_traceback(tmp_path):
     assert result.exit_code == 1
     assert f"error: {out / STEPS_FILE}: not valid JSON" in result.output
     assert not (out / "world").exists()
+
+
+def _one_thread_job(value: int) -> int:
+    set_threads(1)
+    return value
+
+
+def test_a_job_run_in_this_process_leaves_the_callers_thread_count():
+    import torch
+
+    torch.set_num_threads(2)
+    results = list(WorkerPool(1).run([(_one_thread_job, (7,))]))
+    assert results == [(0, 7)]
+    assert torch.get_num_threads() == 2

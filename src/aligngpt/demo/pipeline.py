@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aligngpt.demo.presets import ALIGNGPT, NUM_LEVELS, STAGE1_SOURCE, VARIANT_MODES, DemoPreset, get_preset
 from aligngpt.demo.progress import DemoClock, PlannedStage
-from aligngpt.demo.steps import STEPS_FILE, Job, StepLog, StepRunner, WorkerPool
+from aligngpt.demo.steps import STEPS_FILE, Job, StepLog, StepRunner, WorkerPool, set_threads
 
 STAGE1, SWEEP, STAGE2, EVALUATION = "stage 1 (pretrain)", "stage-1 level sweep", "stage 2 (finetune)", "evaluation"
 PHRASINGS = "caption phrasing sweep"  # studies with loose prompts: captions in every phrasing, with the gate
@@ -22,15 +22,9 @@ PHRASINGS = "caption phrasing sweep"  # studies with loose prompts: captions in 
 CHAT_TEMPLATE = "vicuna_v1_nosys"
 
 
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def train_job(overrides: dict, threads: int) -> dict:
     """One ``aligngpt train`` run (in a worker process); returns a JSON-able summary."""
-    _set_threads(threads)
+    set_threads(threads)
     from aligngpt.training.config import resolve_config
     from aligngpt.training.engine import train
 
@@ -46,7 +40,7 @@ def train_job(overrides: dict, threads: int) -> dict:
 
 def eval_job(model_dir: str, world_dir: str, out_dir: str, batch_size: int, threads: int) -> dict:
     """The toy benchmark through ``aligngpt eval``'s runner, plus the gate's weights by question type."""
-    _set_threads(threads)
+    set_threads(threads)
     from aligngpt.demo.analysis import gate_statistics
     from aligngpt.evaluation.runner import run_evaluation
 
@@ -58,14 +52,14 @@ def eval_job(model_dir: str, world_dir: str, out_dir: str, batch_size: int, thre
 def level_sweep_job(
     model_dir: str, world_dir: str, levels: int | None, batch_size: int, tokens: int, threads: int
 ) -> dict:
-    _set_threads(threads)
+    set_threads(threads)
     from aligngpt.demo.analysis import caption_level_sweep
 
     return caption_level_sweep(Path(model_dir), Path(world_dir), levels, batch_size, tokens)
 
 
 def phrasing_sweep_job(model_dir: str, world_dir: str, prompts: tuple[str, ...], batch_size: int, threads: int) -> dict:
-    _set_threads(threads)
+    set_threads(threads)
     from aligngpt.demo.analysis import caption_phrasing_sweep
     from aligngpt.evaluation.benchmarks.toyworld import ToyWorld
 

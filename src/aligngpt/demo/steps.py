@@ -11,6 +11,7 @@ Nothing here knows the study: :mod:`aligngpt.demo.pipeline` says which steps run
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -87,9 +88,29 @@ def _read_steps(path: Path) -> dict[str, dict]:
     return steps
 
 
+def set_threads(threads: int) -> None:
+    """Torch's intra-op thread count for a job (each worker runs its jobs on its share of the cores)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _keeping_threads() -> Iterator[None]:
+    """A job run in this process may set torch's thread count (:func:`set_threads`); the caller gets its own back."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class WorkerPool:
     """Spawned worker processes shared by every stage of a study, so each worker imports torch and transformers
-    once rather than once per stage. With one worker (or one job) jobs run in this process."""
+        once rather than once per stage. With one worker (or one job) jobs run in this process, which keeps its torch
+    thread count."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -99,7 +120,9 @@ class WorkerPool:
         """Run ``jobs`` ``workers`` at a time; yields ``(job index, result)`` as each ends."""
         if self.workers <= 1 or len(jobs) <= 1:
             for index, (fn, args) in enumerate(jobs):
-                yield index, fn(*args)
+                with _keeping_threads():
+                    result = fn(*args)
+                yield index, result
             return
         if self._executor is None:
             context = multiprocessing.get_context("spawn")
