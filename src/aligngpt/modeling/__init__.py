@@ -10,12 +10,11 @@ from aligngpt.modeling.aligngpt import (
     AlignGPTModelOutput,
     AlignGPTOutput,
     AlignGPTPreTrainedModel,
-    grow_vocabulary,
-    init_marker_rows,
 )
 from aligngpt.modeling.alignment import AlignmentModule
 from aligngpt.modeling.build import build_from_pretrained_parts, load_vision_tower
 from aligngpt.modeling.projector import Projector
+from aligngpt.modeling.vocabulary import grow_vocabulary, init_marker_rows
 
 AutoModel.register(AlignGPTConfig, AlignGPTModel, exist_ok=True)
 AutoModelForImageTextToText.register(AlignGPTConfig, AlignGPTForConditionalGeneration, exist_ok=True)
