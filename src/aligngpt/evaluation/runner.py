@@ -6,10 +6,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from aligngpt.data.digest import file_digest
 from aligngpt.evaluation.benchmarks import get_benchmark
 from aligngpt.evaluation.benchmarks.base import Benchmark
 from aligngpt.fileio import write_json_atomic, write_text_atomic
-from aligngpt.inference.answers import answer_tasks, file_digest, model_digest, run_identity
+from aligngpt.inference.answers import answer_tasks, model_digest, run_identity
 from aligngpt.prompts import IMAGE_TOKEN
 
 ANSWERS_FILE = "answers.jsonl"

@@ -23,7 +23,6 @@ changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aligngpt.data.digest import update_with_file
+from aligngpt.data.digest import file_digest
 from aligngpt.errors import UserError, writing
 from aligngpt.fileio import atomic_write, cut_torn_tail, jsonl_line, read_jsonl_log, replace_durably, write_json_atomic
 
@@ -118,15 +117,6 @@ def partial_path(out: str | os.PathLike) -> Path:
 def run_record_path(out: str | os.PathLike) -> Path:
     out = Path(out)
     return out.with_name(out.stem + RUN_RECORD_SUFFIX)
-
-
-def file_digest(paths: Iterable[Path]) -> str:
-    """SHA-256 over the contents of ``paths`` in sorted order (names included)."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        update_with_file(digest, path)
-    return digest.hexdigest()
 
 
 def model_digest(model: str | os.PathLike) -> str | None:
