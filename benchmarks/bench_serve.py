@@ -16,7 +16,7 @@ scripts/build-vllm-env.sh) the second run is vLLM's OpenAI server with the align
 of batches of one, and the ratio is vLLM / aligngpt (throughput) plus both p50/p95; the default tiny model then has
 a head size of 64 (vLLM's CPU attention has no kernel for the usual tiny model's 16), and ``--size`` picks a larger
 random LLaMA (``small``: 512 wide, 8 layers; ``medium``: 1024 wide, 12 layers). vLLM runs ``aligngpt_vllm.serve``
-(what ``aligngpt serve --engine vllm`` runs), eager; both servers in ``--dtype`` (float32):
+(what ``aligngpt serve --engine vllm`` runs), eager unless ``--vllm-compile``; both servers in ``--dtype`` (float32):
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_serve.py --clients 16 --requests 4 --vllm-python .venv-vllm/bin/python \
         [--size small]
@@ -107,9 +107,11 @@ class ServerProcess:
         if vllm_python:
             self.command = [
                 vllm_python, "-m", "aligngpt_vllm.serve", "--model", str(model_dir), "--served-model-name", "bench",
-                "--host", HOST, "--port", str(self.port), "--dtype", args.dtype, "--enforce-eager",
+                "--host", HOST, "--port", str(self.port), "--dtype", args.dtype,
                 "--max-num-seqs", str(max(16, args.clients)), "--uvicorn-log-level", "warning",
             ]  # fmt: skip
+            if not args.vllm_compile:
+                self.command.append("--enforce-eager")
             self.env = {**self.env, "VLLM_CPU_KVCACHE_SPACE": VLLM_KV_CACHE_GIB, "VLLM_LOGGING_LEVEL": "WARNING"}
             self.env.pop("PYTHONPATH", None)
             self.process = None
@@ -231,6 +233,11 @@ def main() -> int:
         help="LLaMA of the built model: tiny 64x2, small 512x8, medium 1024x12 (heads of 64)",
     )
     parser.add_argument("--dtype", default="float32", help="both servers' dtype")
+    parser.add_argument(
+        "--vllm-compile",
+        action="store_true",
+        help="let vLLM compile its model (torch.compile; start-up takes minutes) instead of running it eager",
+    )
     args = parser.parse_args()
     if not 1 <= args.clients <= MAX_CLIENTS:
         parser.error(f"--clients must be between 1 and {MAX_CLIENTS}")
