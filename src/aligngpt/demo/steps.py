@@ -109,7 +109,7 @@ def _keeping_threads() -> Iterator[None]:
 
 class WorkerPool:
     """Spawned worker processes shared by every stage of a study, so each worker imports torch and transformers
-        once rather than once per stage. With one worker (or one job) jobs run in this process, which keeps its torch
+    once rather than once per stage. With one worker (or one job) jobs run in this process, which keeps its torch
     thread count."""
 
     def __init__(self, workers: int):
